@@ -1,0 +1,410 @@
+"""IndexBuilder: add, update, skip and delete documents with crash-safe commits.
+
+Write order for every batch (DESIGN.md invariants 1, 3, 6):
+1. embed the batch's chunks;
+2. append their vectors to ``vectors.f16`` past the committed rows and fsync;
+3. one SQLite transaction: replaced documents deleted, documents, chunks and
+   FTS5 terms inserted, ``vector_rows`` and ``generation`` advanced;
+4. the in-memory ANN index updated; it is saved (atomically) at close and every
+   ``ann_save_seconds``, and caught up from ``vectors.f16`` by the next opener
+   if the process dies first.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.ann import AnnIndex, AnnParams, choose_params
+from indexer.chunking import Chunk, Chunker
+from indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
+from indexer.errors import IndexFormatError, ModelMismatchError
+from indexer.japanese import lexical_terms
+from indexer.loaders import Document, LoadFailure, iter_documents
+from indexer.manifest import WriterLock, read_manifest, write_manifest
+from indexer.recovery import load_ann, rebuild_ann
+from indexer.store import MetadataStore
+from indexer.vectors import VectorStore
+
+__all__ = ["IndexBuilder", "IndexSummary", "embedding_input"]
+
+log = logging.getLogger("mitsuke")
+
+ANN_FILE = "ann.faiss"
+META_FILE = "meta.sqlite"
+VECTORS_FILE = "vectors.f16"
+
+
+@dataclass
+class IndexSummary:
+    """What one indexing run did (``mitsuke index --json`` prints it)."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
+            "deleted": self.deleted, "failed": list(self.failed),
+            "chunks_embedded": self.chunks_embedded, "seconds": round(self.seconds, 3),
+        }
+
+
+def embedding_input(chunk_text: str, title: str, headings: tuple[str, ...], with_context: bool) -> str:
+    """What the model sees for a passage: title and heading path as context, then the passage."""
+    if not with_context:
+        return chunk_text
+    context = [h for h in (title, *headings) if h]
+    # A heading repeated as the passage's own first line is not worth two copies.
+    if context and headings and context[-1] == headings[-1] and chunk_text.lstrip("# ").startswith(headings[-1]):
+        context = context[:-1]
+    if context and context[0] == title and len(context) > 1 and context[1] == title:
+        context = context[1:]
+    return (" / ".join(context) + "\n" + chunk_text) if context else chunk_text
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    chunks: list[Chunk]
+    old_doc_id: int | None
+
+
+class IndexBuilder:
+    """Build or update an index directory. Use as a context manager: it commits on exit.
+
+    >>> with IndexBuilder.open("idx", model="none") as b:          # doctest: +SKIP
+    ...     b.add_paths(["data/"])
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], embedder, lock: WriterLock, *,
+                 batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.embedder = embedder
+        self._lock = lock
+        self.chunk_config = ChunkConfig(**manifest["chunking"])
+        self.ann_config = AnnConfig(**manifest["ann_config"])
+        self.chunker = Chunker(self.chunk_config, embedder.count_tokens if embedder else None)
+        self.store = MetadataStore(path / META_FILE)
+        self.dim = int(manifest["model"]["dim"]) if manifest.get("model") else 0
+        self.vectors = VectorStore(path / VECTORS_FILE, self.dim) if self.dim else None
+        self.batch_docs = batch_docs
+        self.batch_chunks = batch_chunks
+        self.ann_save_seconds = ann_save_seconds
+        self.summary = IndexSummary()
+        self.on_progress: Callable[[str, int], None] | None = None
+        self._pending: list[_Pending] = []
+        self._pending_chunks = 0
+        self._seen: set[str] = set()
+        self._started = time.monotonic()
+        self._closed = False
+        with self.store.engine.begin() as conn:
+            self._known = self.store.document_hashes(conn)
+            self.generation = self.store.generation(conn)
+            committed_rows = self.store.vector_rows(conn)
+        self.ann: AnnIndex | None = None
+        self._ann_dirty = False
+        self._last_ann_save = time.monotonic()
+        if self.vectors is not None:
+            if self.vectors.rows_on_disk != committed_rows:
+                log.info("reclaiming %d uncommitted vector rows", self.vectors.rows_on_disk - committed_rows)
+            self.vectors.truncate(committed_rows)
+            self._open_ann()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        model: str | None = None,
+        *,
+        chunking: ChunkConfig | None = None,
+        ann: AnnConfig | None = None,
+        embed: EmbedConfig | None = None,
+        embedder=None,
+        **kwargs: Any,
+    ) -> "IndexBuilder":
+        """Open (or create) the index at ``path`` for writing.
+
+        ``model``: a hub id or local directory, ``"none"`` for a lexical-only
+        index, or ``None`` to use the index's own model (the default model for a
+        new index). An existing index refuses another model.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            manifest = read_manifest(path)
+            if manifest is None and (path / META_FILE).exists():
+                raise IndexFormatError(f"{path} has {META_FILE} but no manifest.json: not a complete mitsuke index")
+            embed = embed or EmbedConfig()
+            wanted = model if model is not None else (
+                (manifest["model"]["name"] if manifest.get("model") else "none") if manifest else DEFAULT_MODEL)
+            lexical_only = str(wanted).lower() == "none"
+            if manifest is not None:
+                have = manifest["model"]["name"] if manifest.get("model") else "none"
+                if str(have) != str(wanted):
+                    raise ModelMismatchError(
+                        f"index {path} was built with model {have!r}, not {wanted!r}; "
+                        "use the same model, or build a new index in another directory"
+                    )
+                if chunking is not None and ChunkConfig(**manifest["chunking"]) != chunking:
+                    raise IndexFormatError(
+                        f"index {path} was built with chunking {manifest['chunking']}; "
+                        "changing it needs a new index"
+                    )
+            if embedder is None and not lexical_only:
+                from indexer.embedding import Embedder
+
+                embedder = Embedder.from_pretrained(
+                    wanted, device=embed.device, dtype=embed.dtype, max_length=embed.max_length,
+                    trust_remote_code=embed.trust_remote_code, batch_tokens=embed.batch_tokens)
+            if manifest is None:
+                manifest = {
+                    "created_at": time.time(),
+                    "model": embedder.info.to_dict() if embedder else None,
+                    "chunking": (chunking or ChunkConfig()).__dict__.copy(),
+                    "ann_config": (ann or AnnConfig()).__dict__.copy(),
+                    "ann": None,
+                    "generation": 0,
+                    "counts": {"documents": 0, "chunks": 0},
+                }
+            elif ann is not None:
+                manifest["ann_config"] = ann.__dict__.copy()
+            return cls(path, manifest, embedder, lock, **kwargs)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _open_ann(self) -> None:
+        info = self.manifest.get("ann")
+        if not info:
+            return
+        params = AnnParams.from_dict(info["params"])
+        with self.store.engine.begin() as conn:
+            self.ann, changed = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
+                                         int(info.get("generation", 0)), self.generation)
+        if changed:
+            self._save_ann()
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "IndexBuilder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(commit=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
+
+    def close(self, commit: bool = True) -> None:
+        if self._closed:
+            return
+        try:
+            if commit:
+                self.flush()
+            if self.vectors is not None:
+                self._maybe_switch_ann()
+                if self._ann_dirty:
+                    self._save_ann()
+            self._write_manifest()
+        finally:
+            self._closed = True
+            self.summary.seconds = time.monotonic() - self._started
+            self.store.close()
+            self._lock.release()
+
+    # ------------------------------------------------------------------ adding
+    def add_paths(self, paths: Iterable[str], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                  encoding: str | None = None, stdin=None) -> IndexSummary:
+        """Index files, directories (recursive) and ``-`` (JSONL on stdin)."""
+        return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
+                                                 stdin=stdin))
+
+    def add_documents(self, docs: Iterable[Document | LoadFailure | dict]) -> IndexSummary:
+        """Add or update documents; unchanged ones (same key and content hash) are skipped."""
+        for item in docs:
+            if isinstance(item, dict):
+                item = _document_from_dict(item)
+            if isinstance(item, LoadFailure):
+                self._fail(item.path, item.reason)
+                continue
+            self._add_one(item)
+        self.flush()
+        return self.summary
+
+    def _fail(self, path: str, reason: str) -> None:
+        log.warning("skipped %s: %s", path, reason)
+        self.summary.failed.append({"path": path, "reason": reason})
+        if self.on_progress:
+            self.on_progress("failed", 1)
+
+    def _add_one(self, doc: Document) -> None:
+        if doc.key in self._seen:
+            self._fail(doc.source or doc.key, f"duplicate document key {doc.key!r} in this run; kept the first")
+            return
+        self._seen.add(doc.key)
+        known = self._known.get(doc.key)
+        digest = doc.content_hash
+        if known and known[1] == digest:
+            self.summary.unchanged += 1
+            if self.on_progress:
+                self.on_progress("unchanged", 1)
+            return
+        try:
+            chunks = self.chunker.chunk(doc.text, markdown=doc.source_type == "markdown")
+        except Exception as exc:  # a chunker bug on one document must not end the run
+            log.exception("chunking failed for %s", doc.key)
+            self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")
+            return
+        self._pending.append(_Pending(doc, chunks, known[0] if known else None))
+        self._pending_chunks += len(chunks)
+        if len(self._pending) >= self.batch_docs or self._pending_chunks >= self.batch_chunks:
+            self.flush()
+
+    def delete(self, keys: Iterable[str]) -> int:
+        """Delete documents by key; returns how many existed."""
+        self.flush()
+        ids = [self._known[k][0] for k in keys if k in self._known]
+        if not ids:
+            return 0
+        self._commit([], delete_doc_ids=ids)
+        for k in [k for k in keys if k in self._known]:
+            del self._known[k]
+        self.summary.deleted += len(ids)
+        return len(ids)
+
+    def prune(self) -> int:
+        """Delete every document not seen in this run (the index mirrors the inputs)."""
+        self.flush()
+        gone = [k for k in self._known if k not in self._seen]
+        return self.delete(gone)
+
+    # ------------------------------------------------------------------ committing
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_chunks = self._pending, [], 0
+        self._commit(pending)
+
+    def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
+        texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
+                 for p in pending for c in p.chunks]
+        vecs = None
+        if self.embedder is not None and texts:
+            vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
+        terms = [" ".join(lexical_terms(c.text)) for p in pending for c in p.chunks]
+        generation = self.generation + 1
+        with self.store.engine.begin() as conn:
+            first_row = self.store.vector_rows(conn)
+            if vecs is not None:
+                # Step 2 of the write order: vectors are durable before SQLite points at them.
+                self.vectors.append(vecs, first_row)
+            replaced = [p.old_doc_id for p in pending if p.old_doc_id is not None]
+            removed = self.store.delete_documents(conn, list(delete_doc_ids) + replaced, generation)
+            next_id = self.store.next_chunk_id(conn)
+            chunk_rows: list[dict[str, Any]] = []
+            doc_ids: dict[str, int] = {}
+            for p in pending:
+                doc = p.doc
+                doc_id = self.store.insert_document(conn, {
+                    "key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
+                    "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
+                    "n_chars": len(doc.text), "generation": generation,
+                })
+                doc_ids[doc.key] = doc_id
+                for c in p.chunks:
+                    chunk_rows.append({
+                        "id": next_id + len(chunk_rows), "doc_id": doc_id, "chunk_index": c.index,
+                        "char_start": c.char_start, "char_end": c.char_end, "text": c.text,
+                        "token_count": c.token_count, "headings": list(c.headings),
+                        "vector_row": (first_row + len(chunk_rows)) if vecs is not None else None,
+                        "generation": generation,
+                    })
+            self.store.insert_chunks(conn, chunk_rows, terms)
+            if vecs is not None:
+                self.store.set_state(conn, "vector_rows", first_row + len(vecs))
+            self.store.set_state(conn, "generation", generation)
+        self.generation = generation
+        for p in pending:
+            if p.old_doc_id is None:
+                self.summary.added += 1
+            else:
+                self.summary.updated += 1
+            self._known[p.doc.key] = (doc_ids[p.doc.key], p.doc.content_hash)
+        self.summary.chunks_embedded += len(chunk_rows) if vecs is not None else 0
+        if self.on_progress:
+            self.on_progress("documents", len(pending))
+        if self.vectors is not None:
+            self._update_ann(np.array([r["id"] for r in chunk_rows], dtype=np.int64), vecs, removed)
+
+    def _token_progress(self, n_tokens: int) -> None:
+        if self.on_progress:
+            self.on_progress("tokens", n_tokens)
+
+    # ------------------------------------------------------------------ ANN upkeep
+    def _update_ann(self, ids: np.ndarray, vecs: np.ndarray | None, removed: list[int]) -> None:
+        if self.ann is None or not self.ann.is_trained:
+            self._ann_dirty = True  # built (and trained) at close, when the count is known
+            return
+        self.ann.remove(removed)
+        if vecs is not None and len(ids):
+            self.ann.add(ids, vecs)
+        self._ann_dirty = True
+        if time.monotonic() - self._last_ann_save > self.ann_save_seconds:
+            self._save_ann()
+
+    def _maybe_switch_ann(self) -> None:
+        """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
+        with self.store.engine.begin() as conn:
+            n = self.store.counts(conn)["chunks"]
+            wanted = choose_params(n, self.dim, self.ann_config.kind, self.ann_config.flat_threshold)
+            current = self.ann.params if self.ann is not None else None
+            # Re-train IVF-PQ only when the collection grew or shrank 4x past its sizing.
+            grew = current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq" and (
+                wanted.nlist >= 4 * current.nlist or wanted.nlist * 4 <= current.nlist)
+            if current is None or current.kind != wanted.kind or grew or not self.ann.is_trained:
+                log.info("building %s ANN index over %d vectors", wanted.kind, n)
+                self.ann = rebuild_ann(self.store, conn, self.vectors, wanted)
+                self._ann_dirty = True
+
+    def _save_ann(self) -> None:
+        if self.ann is None:
+            return
+        self.ann.save(self.path / ANN_FILE)
+        self.manifest["ann"] = {"params": self.ann.params.to_dict(), "generation": self.generation}
+        self._write_manifest()
+        self._ann_dirty = False
+        self._last_ann_save = time.monotonic()
+
+    def _write_manifest(self) -> None:
+        with self.store.engine.begin() as conn:
+            counts = self.store.counts(conn)
+        self.manifest["generation"] = self.generation
+        self.manifest["counts"] = counts
+        write_manifest(self.path, self.manifest)
+
+
+def _document_from_dict(obj: dict[str, Any]) -> Document | LoadFailure:
+    obj = dict(obj)
+    text = obj.pop("text", None)
+    key = obj.pop("id", None)
+    alt = obj.pop("doc_id", None)
+    key = key if key is not None else alt
+    if not isinstance(text, str) or not text.strip():
+        return LoadFailure(str(key), "missing or empty 'text'")
+    if key is None:
+        return LoadFailure("<dict>", "a document needs an 'id' or 'doc_id'")
+    title = str(obj.pop("title", "") or "")
+    source_type = str(obj.pop("source_type", "jsonl"))
+    return Document(key=str(key), text=text, title=title, source=str(obj.pop("source", "")),
+                    source_type=source_type, metadata=obj)

@@ -1,0 +1,67 @@
+"""Frozen settings for chunking, embedding and the ANN index.
+
+Defaults live here and only here, so a reader can find where a value is decided.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["ChunkConfig", "EmbedConfig", "AnnConfig", "IndexConfig", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "sbintuitions/sarashina-embedding-v1-1b"
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """How documents are cut into passages.
+
+    ``max_tokens`` is counted in the embedding model's tokens, or in characters
+    for a lexical-only index (``max_chars``). Passages of ~300 characters are what
+    the Japanese QA evaluation sets reward (see BENCHMARKS.md).
+    """
+
+    max_tokens: int = 256
+    max_chars: int = 320
+    overlap: int = 0  # in the same unit as the budget; whole sentences are repeated
+    title_context: bool = True  # prepend title / heading path to the embedding input
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 8 or self.max_chars < 8:
+            raise ValueError(f"chunk budget must be at least 8, got tokens={self.max_tokens} chars={self.max_chars}")
+        if self.overlap < 0 or self.overlap >= min(self.max_tokens, self.max_chars):
+            raise ValueError(f"overlap must be >= 0 and smaller than the budget, got {self.overlap}")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Which model embeds passages, and how. ``model=None`` means lexical-only."""
+
+    model: str | None = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int | None = None
+    batch_tokens: int = 16384
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    """ANN kind: ``auto`` uses exact flat search below ``flat_threshold`` vectors."""
+
+    kind: str = "auto"
+    flat_threshold: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", "flat", "ivfpq"):
+            raise ValueError(f"ann kind must be auto, flat or ivfpq, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    ann: AnnConfig = field(default_factory=AnnConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,183 @@
+"""Japanese text analysis with MeCab (fugashi + unidic-lite).
+
+Three things, all with offsets into the original string:
+- ``sentence_spans``: sentences that keep 「…。」 and （…） whole;
+- ``morpheme_spans``: morpheme boundaries, for splitting over-long sentences;
+- ``lexical_terms``: normalised content words for BM25, the same at index and query time.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from collections.abc import Iterator
+
+__all__ = [
+    "get_tagger",
+    "morpheme_spans",
+    "sentence_spans",
+    "lexical_terms",
+    "normalize",
+    "OPEN_BRACKETS",
+    "CLOSE_BRACKETS",
+]
+
+OPEN_BRACKETS = "「『（(【〔［[｛{〈《“‘"
+CLOSE_BRACKETS = "」』）)】〕］]｝}〉》”’"
+_CLOSERS = dict(zip(OPEN_BRACKETS, CLOSE_BRACKETS))
+_TERMINATORS = set("。．！？!?")
+# Closing marks that stay with the sentence they end: …。」 …！） …?"
+_TRAILERS = set(CLOSE_BRACKETS) | _TERMINATORS | set("\"'…‥")
+
+# MeCab's lattice grows with its input; a window keeps memory flat on a 50 MB line.
+_WINDOW = 8192
+
+_local = threading.local()
+
+
+def get_tagger():
+    """A fugashi Tagger for this thread (MeCab taggers are not thread-safe)."""
+    tagger = getattr(_local, "tagger", None)
+    if tagger is None:
+        import fugashi
+
+        tagger = fugashi.Tagger()
+        _local.tagger = tagger
+    return tagger
+
+
+def normalize(text: str) -> str:
+    """NFKC + lower case: the form used for matching, never for stored text."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def _words(text: str) -> Iterator[tuple[int, int, object]]:
+    """(start, end, word) for every MeCab morpheme of ``text``, windowed for long inputs."""
+    tagger = get_tagger()
+    n = len(text)
+    base = 0
+    while base < n:
+        end = min(n, base + _WINDOW)
+        window = text[base:end]
+        words = tagger(window)
+        pos = 0
+        spans: list[tuple[int, int, object]] = []
+        for w in words:
+            surface = w.surface
+            ws = w.white_space
+            if window.startswith(ws + surface, pos):
+                start = pos + len(ws)
+            else:  # MeCab dropped or rewrote something: resynchronise on the surface
+                found = window.find(surface, pos)
+                if found < 0:
+                    continue
+                start = found
+            pos = start + len(surface)
+            spans.append((base + start, base + pos, w))
+        if end < n and len(spans) > 1:
+            # The last morpheme may be cut by the window edge: re-read from its start.
+            spans.pop()
+            next_base = spans[-1][1]
+        else:
+            next_base = end
+        yield from spans
+        if next_base <= base:
+            next_base = end
+        base = next_base
+
+
+def morpheme_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of MeCab morphemes; whitespace between them belongs to none."""
+    return [(s, e) for s, e, _ in _words(text)]
+
+
+def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """Sentences of ``text[start:end]`` as spans trimmed of surrounding whitespace.
+
+    A sentence ends at 。．！？!? (plus closing quotes/brackets that follow) when no
+    bracket is open, or at a line break when no bracket is open. A blank line
+    always ends a sentence and forgets unclosed brackets, so one stray 「 cannot
+    swallow the rest of a document.
+    """
+    end = len(text) if end is None else end
+    spans: list[tuple[int, int]] = []
+    stack: list[str] = []
+    i = start
+    sent_start = None
+    while i < end:
+        ch = text[i]
+        if sent_start is None:
+            if ch.isspace():
+                i += 1
+                continue
+            sent_start = i
+        if ch in _CLOSERS:
+            stack.append(_CLOSERS[ch])
+        elif stack and ch == stack[-1]:
+            stack.pop()
+        elif ch in CLOSE_BRACKETS and ch in stack:
+            while stack and stack.pop() != ch:  # mismatched nesting: close up to it
+                pass
+        if ch == "\n" or ch == "\r":
+            j = i + 1
+            if ch == "\r" and j < end and text[j] == "\n":
+                j += 1
+            blank = False
+            k = j
+            while k < end and text[k] in " \t\u3000\r\n":
+                if text[k] in "\r\n":
+                    blank = True
+                k += 1
+            if not stack or blank:
+                stack.clear()
+                spans.append((sent_start, _rstrip(text, sent_start, i)))
+                sent_start = None
+            i = j
+            continue
+        if ch in _TERMINATORS and not stack:
+            j = i + 1
+            while j < end and text[j] in _TRAILERS:
+                j += 1
+            spans.append((sent_start, j))
+            sent_start = None
+            i = j
+            continue
+        i += 1
+    if sent_start is not None:
+        spans.append((sent_start, _rstrip(text, sent_start, end)))
+    return [(s, e) for s, e in spans if e > s]
+
+
+def _rstrip(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+# Parts of speech (unidic pos1) that carry no search meaning on their own.
+_STOP_POS = {"助詞", "助動詞", "補助記号", "空白", "記号"}
+_PUNCT_RE = re.compile(r"^[\W_]+$")
+
+
+def lexical_terms(text: str) -> list[str]:
+    """Normalised content-word terms of ``text`` for BM25.
+
+    Surfaces (not unidic lemmas: those are katakana readings that conflate
+    homophones, e.g. 更級 → サラシナ) after NFKC + lower case; particles,
+    auxiliaries, symbols and whitespace dropped; inflected words keep their
+    dictionary form (``orthBase``) so 住む/住んだ match.
+    """
+    terms: list[str] = []
+    for _s, _e, w in _words(text):
+        feature = w.feature
+        pos1 = feature.pos1
+        if pos1 in _STOP_POS:
+            continue
+        surface = w.surface
+        if pos1 in ("動詞", "形容詞", "形状詞") and getattr(feature, "orthBase", None):
+            surface = feature.orthBase
+        term = normalize(surface).strip()
+        if not term or _PUNCT_RE.match(term):
+            continue
+        terms.append(term)
+    return terms

@@ -1,0 +1,84 @@
+"""Bring the derived ANN index up to SQLite's generation (invariant 2).
+
+A missing, unreadable or stale ``ann.faiss`` is caught up (replaying the
+chunks added and deleted since its generation) or rebuilt from
+``vectors.f16`` — never by re-embedding. Replays are idempotent: ids are
+removed before they are added, so a crash between saving ``ann.faiss`` and
+writing the manifest cannot duplicate vectors.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Connection
+
+from indexer.ann import AnnIndex, AnnParams
+from indexer.store import MetadataStore
+from indexer.vectors import VectorStore
+
+__all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "TRAIN_SEED"]
+
+log = logging.getLogger("mitsuke")
+
+TRAIN_SEED = 1234
+_ADD_BATCH = 65536
+
+
+def _sample_rows(rows: np.ndarray, size: int) -> np.ndarray:
+    if len(rows) <= size:
+        return rows
+    rng = np.random.default_rng(TRAIN_SEED)
+    return np.sort(rng.choice(rows, size=size, replace=False))
+
+
+def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams) -> AnnIndex:
+    """A fresh ANN index over every live chunk, trained on a sample of stored vectors."""
+    live = store.live_vectors(conn)
+    ann = AnnIndex.create(params)
+    if not live:
+        return ann
+    ids = np.array([c for c, _ in live], dtype=np.int64)
+    rows = np.array([r for _, r in live], dtype=np.int64)
+    if not ann.is_trained:
+        ann.train(vectors.read(_sample_rows(rows, max(params.train_size, 1))))
+    for i in range(0, len(ids), _ADD_BATCH):
+        ann.add(ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
+    return ann
+
+
+def catch_up_ann(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors: VectorStore,
+                 since_generation: int) -> None:
+    deleted = store.deleted_since(conn, since_generation)
+    added = store.live_vectors(conn, min_generation=since_generation)
+    ann.remove(deleted + [c for c, _ in added])
+    if added:
+        ids = np.array([c for c, _ in added], dtype=np.int64)
+        rows = np.array([r for _, r in added], dtype=np.int64)
+        for i in range(0, len(ids), _ADD_BATCH):
+            ann.add(ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
+
+
+def load_ann(path: Path, store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams,
+             ann_generation: int, generation: int) -> tuple[AnnIndex, bool]:
+    """The ANN index at ``generation``; the bool says whether it differs from the file."""
+    if path.exists():
+        try:
+            ann = AnnIndex.load(path, params)
+        except Exception as exc:  # FAISS raises RuntimeError on damaged files
+            log.warning("%s is unreadable (%s): rebuilding it from stored vectors", path, exc)
+            return rebuild_ann(store, conn, vectors, params), True
+        if ann_generation == generation:
+            return ann, False
+        if ann_generation > generation or not ann.is_trained:
+            log.warning("%s is at generation %d, the index at %d: rebuilding it from stored vectors",
+                        path, ann_generation, generation)
+            return rebuild_ann(store, conn, vectors, params), True
+        log.info("%s is at generation %d, the index at %d: catching up from stored vectors",
+                 path, ann_generation, generation)
+        catch_up_ann(ann, store, conn, vectors, ann_generation)
+        return ann, True
+    if generation > 0:
+        log.info("%s is missing: rebuilding it from stored vectors", path)
+    return rebuild_ann(store, conn, vectors, params), generation > 0

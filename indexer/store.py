@@ -1,0 +1,225 @@
+"""SQLite metadata through SQLAlchemy: documents, chunks, FTS5 terms, state.
+
+SQLite is the source of truth (DESIGN.md invariant 1). The schema evolves by
+numbered migrations recorded in ``schema_version``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON, Column, Connection, Engine, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    create_engine, event, func, select, text,
+)
+
+__all__ = ["MetadataStore", "ChunkRow", "metadata", "documents", "chunks", "state", "deleted_chunks"]
+
+metadata = MetaData()
+
+documents = Table(
+    "documents", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String, nullable=False, unique=True),
+    Column("content_hash", String, nullable=False),
+    Column("title", String, nullable=False, default=""),
+    Column("source", String, nullable=False, default=""),
+    Column("source_type", String, nullable=False, default="text"),
+    Column("encoding", String, nullable=False, default="utf-8"),
+    Column("meta", JSON, nullable=False, default=dict),
+    Column("n_chars", Integer, nullable=False),
+    Column("generation", Integer, nullable=False),
+)
+
+# AUTOINCREMENT: ids are never reused, even after the newest rows are deleted
+# (invariant 3: chunk ids are the FAISS ids).
+chunks = Table(
+    "chunks", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("doc_id", Integer, ForeignKey("documents.id", ondelete="CASCADE"), nullable=False),
+    Column("chunk_index", Integer, nullable=False),
+    Column("char_start", Integer, nullable=False),
+    Column("char_end", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("token_count", Integer, nullable=False),
+    Column("headings", JSON, nullable=False, default=list),
+    Column("vector_row", Integer, nullable=True),
+    Column("generation", Integer, nullable=False),
+    Index("ix_chunks_doc", "doc_id", "chunk_index"),
+    Index("ix_chunks_generation", "generation"),
+    sqlite_autoincrement=True,
+)
+
+# Chunk ids deleted at each generation, so a stale ANN index can be caught up.
+deleted_chunks = Table(
+    "deleted_chunks", metadata,
+    Column("chunk_id", Integer, primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Index("ix_deleted_generation", "generation"),
+)
+
+state = Table(
+    "state", metadata,
+    Column("key", String, primary_key=True),
+    Column("value", String, nullable=False),
+)
+
+
+def _m001_create_tables(conn: Connection) -> None:
+    metadata.create_all(conn)
+    # Space-joined MeCab terms (see indexer.japanese.lexical_terms); rowid = chunk id.
+    conn.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(terms, tokenize='unicode61 remove_diacritics 0')"))
+
+
+MIGRATIONS = [_m001_create_tables]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: int
+    doc_id: int
+    chunk_index: int
+    char_start: int
+    char_end: int
+    text: str
+    token_count: int
+    headings: tuple[str, ...]
+    vector_row: int | None
+    doc_key: str
+    title: str
+    source: str
+    source_type: str
+    metadata: dict[str, Any]
+
+
+def _on_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()
+
+
+class MetadataStore:
+    """The SQLite file of one index."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        # Readers open read-write but never write: a WAL database needs its -shm
+        # file, which a mode=ro connection cannot create.
+        url = f"sqlite:///{self.path}"
+        self.engine: Engine = create_engine(url, future=True)
+        event.listen(self.engine, "connect", _on_connect)
+        if not readonly:
+            with self.engine.begin() as conn:
+                conn.execute(text("PRAGMA journal_mode=WAL"))
+                self._migrate(conn)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ schema
+    def _migrate(self, conn: Connection) -> None:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+        current = conn.execute(text("SELECT max(version) FROM schema_version")).scalar() or 0
+        for number, migration in enumerate(MIGRATIONS, 1):
+            if number > current:
+                migration(conn)
+                conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": number})
+
+    # ------------------------------------------------------------------ state
+    def get_state(self, conn: Connection, key: str, default: str | None = None) -> str | None:
+        value = conn.execute(select(state.c.value).where(state.c.key == key)).scalar()
+        return default if value is None else value
+
+    def set_state(self, conn: Connection, key: str, value: Any) -> None:
+        conn.execute(text("INSERT INTO state (key, value) VALUES (:k, :v) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value"), {"k": key, "v": str(value)})
+
+    def generation(self, conn: Connection) -> int:
+        return int(self.get_state(conn, "generation", "0"))
+
+    def vector_rows(self, conn: Connection) -> int:
+        return int(self.get_state(conn, "vector_rows", "0"))
+
+    def next_chunk_id(self, conn: Connection) -> int:
+        seq = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'")).scalar()
+        return int(seq or 0) + 1
+
+    # ------------------------------------------------------------------ documents
+    def document_hashes(self, conn: Connection) -> dict[str, tuple[int, str]]:
+        rows = conn.execute(select(documents.c.key, documents.c.id, documents.c.content_hash))
+        return {key: (doc_id, h) for key, doc_id, h in rows}
+
+    def delete_documents(self, conn: Connection, doc_ids: Sequence[int], generation: int) -> list[int]:
+        """Delete documents with their chunks and terms; return the deleted chunk ids."""
+        if not doc_ids:
+            return []
+        chunk_ids: list[int] = []
+        for part in _batches(list(doc_ids), 500):
+            chunk_ids += [r[0] for r in conn.execute(select(chunks.c.id).where(chunks.c.doc_id.in_(part)))]
+        for part in _batches(chunk_ids, 500):
+            conn.execute(text(f"DELETE FROM chunk_terms WHERE rowid IN ({','.join(str(int(i)) for i in part)})"))
+            conn.execute(chunks.delete().where(chunks.c.id.in_(part)))
+        if chunk_ids:
+            conn.execute(deleted_chunks.insert(), [{"chunk_id": i, "generation": generation} for i in chunk_ids])
+        for part in _batches(list(doc_ids), 500):
+            conn.execute(documents.delete().where(documents.c.id.in_(part)))
+        return chunk_ids
+
+    def insert_document(self, conn: Connection, row: dict[str, Any]) -> int:
+        return int(conn.execute(documents.insert().values(**row)).inserted_primary_key[0])
+
+    def insert_chunks(self, conn: Connection, rows: list[dict[str, Any]], terms: list[str]) -> None:
+        if not rows:
+            return
+        conn.execute(chunks.insert(), rows)
+        conn.exec_driver_sql(
+            "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
+            [(r["id"], t) for r, t in zip(rows, terms)],
+        )
+
+    # ------------------------------------------------------------------ reads
+    def counts(self, conn: Connection) -> dict[str, int]:
+        return {
+            "documents": conn.execute(select(func.count()).select_from(documents)).scalar() or 0,
+            "chunks": conn.execute(select(func.count()).select_from(chunks)).scalar() or 0,
+        }
+
+    def live_vectors(self, conn: Connection, min_generation: int = 0) -> list[tuple[int, int]]:
+        """(chunk id, vector row) of live chunks added after ``min_generation``."""
+        q = select(chunks.c.id, chunks.c.vector_row).where(chunks.c.vector_row.is_not(None))
+        if min_generation:
+            q = q.where(chunks.c.generation > min_generation)
+        return [(int(a), int(b)) for a, b in conn.execute(q.order_by(chunks.c.id))]
+
+    def deleted_since(self, conn: Connection, generation: int) -> list[int]:
+        q = select(deleted_chunks.c.chunk_id).where(deleted_chunks.c.generation > generation)
+        return [int(r[0]) for r in conn.execute(q)]
+
+    def chunk_rows(self, conn: Connection, ids: Iterable[int]) -> dict[int, ChunkRow]:
+        ids = [int(i) for i in ids]
+        out: dict[int, ChunkRow] = {}
+        cols = [chunks.c.id, chunks.c.doc_id, chunks.c.chunk_index, chunks.c.char_start, chunks.c.char_end,
+                chunks.c.text, chunks.c.token_count, chunks.c.headings, chunks.c.vector_row,
+                documents.c.key, documents.c.title, documents.c.source, documents.c.source_type, documents.c.meta]
+        for part in _batches(ids, 500):
+            q = select(*cols).join(documents, documents.c.id == chunks.c.doc_id).where(chunks.c.id.in_(part))
+            for r in conn.execute(q):
+                out[int(r[0])] = ChunkRow(
+                    id=int(r[0]), doc_id=int(r[1]), chunk_index=r[2], char_start=r[3], char_end=r[4],
+                    text=r[5], token_count=r[6], headings=tuple(r[7] or ()), vector_row=r[8],
+                    doc_key=r[9], title=r[10], source=r[11], source_type=r[12],
+                    metadata=r[13] if isinstance(r[13], dict) else json.loads(r[13] or "{}"),
+                )
+        return out
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny real models built offline, the demo corpus, index builders."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+
+# Text the tiny tokenizers learn from: the demo corpus plus the awkward characters tests use.
+EXTRA_TEXT = "ｶﾀｶﾅ ＡＢＣ １２３ 😀 「」『』（）【】〔〕 東京 大阪 更科蕎麦 とはなんですか？ abc xyz 0123456789"
+
+
+def corpus_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(DATA.glob("*.*")) if p.suffix in (".txt", ".md"))
+
+
+def build_tokenizer(out: Path, *, padding_side: str = "right", vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained on the demo corpus that adds <s> … </s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([corpus_text(), EXTRA_TEXT], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", padding_side=padding_side, model_max_length=512)
+    fast.save_pretrained(out)
+    return fast
+
+
+def write_st_files(out: Path, dim: int, pooling: str, max_seq_length: int, normalize: bool = False,
+                   prompts: dict[str, str] | None = None) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    modes = {f"pooling_mode_{m}": False for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
+                                                  "weightedmean_tokens", "lasttoken")}
+    key = {"lasttoken": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
+    modes[key[pooling]] = True
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": dim, **modes, "include_prompt": pooling != "lasttoken"}, indent=2))
+    (out / "sentence_bert_config.json").write_text(json.dumps(
+        {"max_seq_length": max_seq_length, "do_lower_case": False}))
+    (out / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": prompts or {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}))
+
+
+def build_tiny_llama(out: Path, *, padding_side: str = "right", hidden: int = 64, max_seq_length: int = 128,
+                     seed: int = 0) -> Path:
+    """A random LLaMA (sarashina's architecture and last-token pooling) in sentence-transformers layout."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, padding_side=padding_side)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=500000.0,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(out)
+    write_st_files(out, hidden, "lasttoken", max_seq_length)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Path of a tiny random LLaMA embedding model (right padding, adds <s> … </s>)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_left(tmp_path_factory) -> Path:
+    """The same architecture with a left-padding tokenizer."""
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama-left", padding_side="left")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_model):
+    from indexer.embedding import Embedder
+
+    return Embedder.from_pretrained(str(tiny_model), device="cpu")
+
+
+@pytest.fixture()
+def data_dir() -> Path:
+    return DATA
