@@ -308,3 +308,23 @@ def test_eval_agrees_exactly_with_an_independent_scorer_of_search_json(tmp_path)
     assert report["counts"]["span_unreachable"] == sum(
         1 for q in questions if q["answer_spans"] and not q["answer_is_title"]
         and not any(a <= s and e <= b for a, b in chunks_by_doc[q["doc_id"]] for s, e in q["answer_spans"]))
+
+
+def test_eval_runs_dense_and_hybrid_on_a_model_index_and_records_the_settings(tmp_path, tiny_model):
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [{"doc_id": "梅雨", "text": "梅雨は、北海道と小笠原諸島を除く日本で見られる雨季の一種である。"},
+            {"doc_id": "享保", "text": "享保は日本の元号の一つ。将軍は徳川吉宗。「享保の改革」で知られる。"}]
+    corpus.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n", encoding="utf-8")
+    idx = tmp_path / "idx"
+    assert run("index", corpus, "--index", idx, "--model", tiny_model, "--device", "cpu").exit_code == 0
+    f = tmp_path / "q.jsonl"
+    f.write_text(json.dumps({"qid": "1", "question": "享保の将軍は誰？", "answers": ["徳川吉宗"], "doc_id": "享保",
+                             "answer_spans": [[15, 19]]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    hybrid = json.loads(run("eval", "--index", idx, "--queries", f, "-k", "1,2", "--json").stdout)
+    assert hybrid["settings"]["mode"] == "hybrid" and hybrid["settings"]["rerank"] is True
+    assert hybrid["settings"]["fusion"] == "rrf" and hybrid["settings"]["model"] == str(tiny_model)
+    assert hybrid["metrics"]["doc_hit@2"] == 1.0  # two documents, depth 10: it is always found
+    dense = json.loads(run("eval", "--index", idx, "--queries", f, "--mode", "dense", "--no-rerank",
+                           "--json").stdout)
+    assert dense["settings"]["mode"] == "dense" and dense["settings"]["rerank"] is False
+    assert "fusion" not in dense["settings"] and dense["counts"]["span"] == 1
