@@ -144,8 +144,15 @@ class Mitsuke(System):
         # One chunk per passage (budget above any passage) and no title context:
         # the model input is exactly the passage, as for the peers.
         chunking = ChunkConfig(max_tokens=100_000, max_chars=100_000, title_context=False)
-        with IndexBuilder.open(path, model=emb.name, embedder=emb, chunking=chunking) as b:
+        t0 = time.perf_counter()
+        b = IndexBuilder.open(path, model=emb.name, embedder=emb, chunking=chunking)
+        with b:
             b.add_documents({"id": i, "text": t} for i, t in zip(ids, texts))
+            b.flush()
+            # Rows, FTS5 terms (MeCab), float16 vectors are committed here; the
+            # ANN index is trained, filled and saved when the builder closes.
+            self.phases = {"rows_s": time.perf_counter() - t0}
+        self.phases["ann_s"] = time.perf_counter() - t0 - self.phases["rows_s"]
         self.emb = emb
         return path
 
@@ -283,6 +290,7 @@ def run_set(name: str, texts: list[str], questions: list[str], dim: int, systems
             row["disk_mb"] = dir_size(path) / 2**20
             sysobj.open(path)
             row["index"] = sysobj.describe()
+            row.update(getattr(sysobj, "phases", {}))
             for q in questions[:10]:  # warm caches, load lazily built parts
                 sysobj.search(q)
             live.append((sysobj, row))
@@ -327,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--workdir", default=None, help="where the indexes go (default: a temp dir, removed)")
     ap.add_argument("--json", default="peers", help="results name under bench/results/")
+    ap.add_argument("--faiss-threads", type=int, default=0,
+                    help="faiss OpenMP threads for every system (default: faiss's own, = cores)")
     args = ap.parse_args(argv)
+    if args.faiss_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(args.faiss_threads)
     logging.basicConfig(level=logging.WARNING)
     if not (SHARED_EVAL / CORPORA[0] / "corpus.jsonl").exists():
         print(f"needs {SHARED_EVAL} (the shared eval data beside the repository)", file=sys.stderr)
@@ -355,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             "build_x", "disk_x", "p50_x", "index"]
     print()
     print(table(rows, cols, title="peers (ratios are system / mitsuke; lower is better except recall)"))
+    phases = [r for r in rows if "rows_s" in r]
+    if phases:
+        print("\nmitsuke build phases: " + "; ".join(
+            f"{r['set']}: rows+terms+vectors {r['rows_s']:.1f} s, ANN train/add/save {r['ann_s']:.1f} s"
+            for r in phases))
     for r in rows:
         if "error" in r:
             print(f"{r['set']} {r['system']}: {r['error']}")
