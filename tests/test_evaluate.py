@@ -179,6 +179,9 @@ def test_cli_reports_bad_lines_and_still_scores_the_good_ones(tmp_path):
     assert out["title_questions"] == {"n": 1, "doc_hit@1": 1.0, "doc_hit@5": 1.0}
     assert out["settings"]["mode"] == "lexical" and out["settings"]["ks"] == [1, 5]
 
+    limited = json.loads(run("eval", "--index", idx, "--queries", f, "--limit", "1", "--json").stdout)
+    assert limited["counts"]["scored"] == 1 and limited["settings"]["limit"] == 1
+
     table = run("eval", "--index", idx, "--queries", f, "-k", "1,5")
     assert table.exit_code == 0
     assert "span hit" in table.stdout and "bad_json 1" in table.stdout and "line 2: invalid JSON" in table.stdout
