@@ -125,7 +125,14 @@ class Searcher:
                     self._ann = rebuild_ann(self.store, conn, self.vectors, params)
                 self._ann_generation = generation
             elif generation > self._ann_generation:
-                catch_up_ann(self._ann, self.store, conn, self.vectors, self._ann_generation)
+                # Other threads may be searching self._ann outside this lock, and FAISS
+                # allows concurrent searches but not a search during add/remove (ids come
+                # back mismatched): catch up a copy and swap it in.
+                import faiss
+
+                ann = AnnIndex(faiss.clone_index(self._ann.index), self._ann.params)
+                catch_up_ann(ann, self.store, conn, self.vectors, self._ann_generation)
+                self._ann = ann
                 self._ann_generation = generation
             return self._ann
 
