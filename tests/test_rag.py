@@ -128,6 +128,21 @@ def test_neighbours_are_the_adjacent_chunks_of_the_same_document(corpus):
     check_context(ctx, docs, None)
 
 
+def test_a_document_replaced_after_the_search_gives_no_foreign_neighbours(tmp_path):
+    doc = {"id": "東京", "title": "東京", "text": "東京は日本の首都である。" * 6 + "「人口」は約千四百万人。" * 6}
+    with IndexBuilder.open(tmp_path / "idx", model="none", chunking=ChunkConfig(max_chars=40)) as b:
+        b.add_documents([doc])
+    with Searcher.open(tmp_path / "idx") as s:
+        hits = s.search("人口", k=1)
+        with IndexBuilder.open(tmp_path / "idx") as b:  # the document changes between search and assembly
+            b.add_documents([{**doc, "text": "大阪は西日本の中心都市である。" * 12}])
+        with s.store.engine.connect() as conn:
+            around = neighbour_chunks(conn, [hits[0].chunk_id], 3)
+        assert around == {hits[0].chunk_id: []}
+        ctx = assemble(hits, around)
+        assert [p.text for p in ctx] == [hits[0].text] and "大阪" not in ctx.render()
+
+
 def test_cp932_emoji_and_long_sentences_keep_exact_offsets(corpus):
     searcher, docs = corpus
     for key in ("awkward.txt", "emoji.txt"):
