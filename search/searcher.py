@@ -269,7 +269,6 @@ class Searcher:
             "files": files,
         }
 
-
     # ------------------------------------------------------------------ RAG
     def retrieve_context(self, query: str, *, k: int = 5, max_chars: int | None = None, neighbors: int = 0,
                          mode: str | None = None, **search_kwargs: Any):
