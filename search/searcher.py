@@ -125,7 +125,14 @@ class Searcher:
                     self._ann = rebuild_ann(self.store, conn, self.vectors, params)
                 self._ann_generation = generation
             elif generation > self._ann_generation:
-                catch_up_ann(self._ann, self.store, conn, self.vectors, self._ann_generation)
+                # Other threads may be searching self._ann outside this lock, and FAISS
+                # allows concurrent searches but not a search during add/remove (ids come
+                # back mismatched): catch up a copy and swap it in.
+                import faiss
+
+                ann = AnnIndex(faiss.clone_index(self._ann.index), self._ann.params)
+                catch_up_ann(ann, self.store, conn, self.vectors, self._ann_generation)
+                self._ann = ann
                 self._ann_generation = generation
             return self._ann
 
@@ -262,3 +269,22 @@ class Searcher:
             "files": files,
         }
 
+    # ------------------------------------------------------------------ RAG
+    def retrieve_context(self, query: str, *, k: int = 5, max_chars: int | None = None, neighbors: int = 0,
+                         mode: str | None = None, **search_kwargs: Any):
+        """The top ``k`` passages for ``query`` as a ``search.context.Context`` for an LLM prompt.
+
+        Each hit is widened with up to ``neighbors`` adjacent chunks of its
+        document on each side (overlaps merged, offsets kept), text already
+        given by a better-ranked passage is left out, and the passages' text
+        totals at most ``max_chars`` characters. Every passage carries a
+        ``Citation`` (doc_key, title, char_start, char_end, source, metadata).
+        Other keyword arguments (``where``, ``rerank``, ``fusion``, ...) go to ``search``.
+
+        >>> ctx = s.retrieve_context("豊岡市の冬は?", k=5, max_chars=2000, neighbors=1)  # doctest: +SKIP
+        >>> print(ctx.render())                                                         # doctest: +SKIP
+        """
+        from search.context import retrieve_context
+
+        return retrieve_context(self, query, k=k, max_chars=max_chars, neighbors=neighbors, mode=mode,
+                                **search_kwargs)
