@@ -143,7 +143,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     a document. Every non-whitespace character of the range lies in exactly
     one span.
 
-    >>> t = "「はい。」と言った。\n次の行"
+    >>> t = "「はい。」と言った。\\n次の行"
     >>> [t[s:e] for s, e in sentence_spans(t)]
     ['「はい。」と言った。', '次の行']
     """
