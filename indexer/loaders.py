@@ -170,9 +170,18 @@ def decode_bytes(data: bytes, path: str, encoding: str | None = None) -> tuple[s
             return text, name
     from charset_normalizer import from_bytes
 
+    utf16 = _bomless_utf16(data)
+    if utf16 is not None:
+        return utf16
+    # Last resort for text in some other encoding; random high bytes also
+    # "decode" in single-byte code pages, so demand a recognisable language.
     best = from_bytes(data).best()
-    if best is not None and best.encoding and best.chaos < 0.3:
-        return str(best), best.encoding
+    if best is not None and best.encoding and best.chaos < 0.2 and best.coherence >= 0.1:
+        try:
+            name = codecs.lookup(best.encoding).name
+        except LookupError:
+            name = best.encoding
+        return str(best), name
     if candidates:
         score, name, text = max(candidates)
         return text, name
@@ -188,7 +197,9 @@ def _bomless_utf16(data: bytes) -> tuple[str, str] | None:
             text = data.decode(name)
         except UnicodeDecodeError:
             continue
-        if "\0" not in text and _japanese_score(text) >= 0.9:
+        # Random bytes read as UTF-16 land all over the code space (score ~0.2);
+        # Japanese lands on kana and kanji.
+        if "\0" not in text and _japanese_score(text) >= 0.7:
             return text, name
     return None
 
@@ -447,7 +458,10 @@ def _walk(root: Path) -> Iterator[tuple[Path, str | None]]:
                 else:
                     yield p, "not a regular file (a FIFO, socket or device)"
             except OSError as exc:
-                yield p, f"cannot stat: {exc.strerror or exc}"
+                if exc.errno == errno.ELOOP:
+                    yield p, f"symlink loop (points to {os.readlink(p)})"
+                else:
+                    yield p, f"cannot stat: {exc.strerror or exc}"
         stack.extend(reversed(subdirs))
 
 
