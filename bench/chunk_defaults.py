@@ -44,7 +44,8 @@ def corpus() -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="150,200,300,400,500,600")
-    ap.add_argument("--overlaps", default="0,0.25", help="overlap as a share of the budget")
+    ap.add_argument("--overlaps", default="0", help="overlap as a share of the budget")
+    ap.add_argument("--extra", default="300:0.25,400:0.25", help="more SIZE:OVERLAP_SHARE settings")
     ap.add_argument("--limit", type=int, default=None, help="questions per set (default: all)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "chunk_defaults.json"))
     args = ap.parse_args()
@@ -59,25 +60,26 @@ def main() -> None:
     print(f"{len(docs)} articles, {sum(len(d['text']) for d in docs):,} chars, {len(queries)} questions")
     print(f"{'max_chars':>9} {'overlap':>7} {'chunks':>7} {'mean len':>8} {'hit@1':>6} {'hit@5':>6} {'hit@10':>6} "
           f"{'mrr@10':>6} {'build s':>7}")
-    for size in [int(x) for x in args.sizes.split(",")]:
-        for share in [float(x) for x in args.overlaps.split(",")]:
-            overlap = int(size * share)
-            config = ChunkConfig(max_chars=size, overlap=overlap)
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                with IndexBuilder.open(tmp, "none", chunking=config) as b:
-                    b.add_documents(dict(d) for d in docs)
-                build = time.perf_counter() - t0
-                chunker = Chunker(config)
-                lengths = [len(c.text) for d in docs for c in chunker.chunk(d["text"])]
-                with Searcher.open(tmp) as s:
-                    report = evaluate(s, queries, (1, 5, 10), mode="lexical")
-            m = report.metrics
-            row = {"max_chars": size, "overlap": overlap, "chunks": len(lengths),
-                   "mean_len": statistics.mean(lengths) if lengths else None, **m, "build_s": build}
-            rows.append(row)
-            print(f"{size:>9} {overlap:>7} {row['chunks']:>7} {row['mean_len'] or 0:>8.1f} {m['span_hit@1']:>6.4f} "
-                  f"{m['span_hit@5']:>6.4f} {m['span_hit@10']:>6.4f} {m['mrr@10']:>6.4f} {build:>7.1f}", flush=True)
+    settings = [(int(x), float(o)) for x in args.sizes.split(",") for o in args.overlaps.split(",")]
+    settings += [(int(x.split(":")[0]), float(x.split(":")[1])) for x in args.extra.split(",") if x]
+    for size, share in settings:
+        overlap = int(size * share)
+        config = ChunkConfig(max_chars=size, overlap=overlap)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            with IndexBuilder.open(tmp, "none", chunking=config) as b:
+                b.add_documents(dict(d) for d in docs)
+            build = time.perf_counter() - t0
+            chunker = Chunker(config)
+            lengths = [len(c.text) for d in docs for c in chunker.chunk(d["text"])]
+            with Searcher.open(tmp) as s:
+                report = evaluate(s, queries, (1, 5, 10), mode="lexical")
+        m = report.metrics
+        row = {"max_chars": size, "overlap": overlap, "chunks": len(lengths),
+               "mean_len": statistics.mean(lengths) if lengths else None, **m, "build_s": build}
+        rows.append(row)
+        print(f"{size:>9} {overlap:>7} {row['chunks']:>7} {row['mean_len'] or 0:>8.1f} {m['span_hit@1']:>6.4f} "
+              f"{m['span_hit@5']:>6.4f} {m['span_hit@10']:>6.4f} {m['mrr@10']:>6.4f} {build:>7.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -103,7 +103,7 @@ def _japanese_score(text: str) -> float:
     good = 0.0
     for ch in sample:
         o = ord(ch)
-        if o < 0x80 or 0x3000 <= o <= 0x30FF or 0xFF01 <= o <= 0xFF5E:
+        if 0x20 <= o < 0x7F or ch in "\t\n\r" or 0x3000 <= o <= 0x30FF or 0xFF01 <= o <= 0xFF5E:
             good += 1
         elif 0x4E00 <= o <= 0x9FFF:
             good += 0.6

@@ -335,3 +335,74 @@ def test_every_eval_document_chunks_exactly():
                 assert not text[covered:].strip()
                 if rng.random() < 0.02:
                     check_invariants(text, chunks, chunker.budget)
+
+
+# --------------------------------------------------------------------------- the `chunk` command
+
+def run_cli(*args, input=None):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def test_chunk_command_json_over_the_demo_corpus(data_dir):
+    r = run_cli("chunk", data_dir, "--max-tokens", "200", "--overlap", "40", "--json")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"doc_key", "chunk_index", "char_start", "char_end", "token_count", "headings", "text"} == set(rows[0])
+    texts = {p.name: p.read_text(encoding="utf-8") for p in data_dir.iterdir() if p.suffix in (".txt", ".md")}
+    assert {row["doc_key"] for row in rows} == set(texts)
+    for row in rows:
+        assert texts[row["doc_key"]][row["char_start"]:row["char_end"]] == row["text"]
+        assert row["token_count"] == len(row["text"]) <= 200
+    assert any(row["headings"] == ["豊岡市", "気候", "冬"] for row in rows)
+
+
+def test_chunk_command_over_a_wikipedia_corpus_on_stdin():
+    path = EVAL / "jsquad-dev" / "corpus.jsonl"
+    if not path.exists():
+        pytest.skip("shared/eval not present")
+    raw = path.read_bytes()
+    r = run_cli("chunk", "-", "--json", input=raw)
+    assert r.exit_code == 0, r.stderr
+    docs = {str(json.loads(line)["doc_id"]): json.loads(line)["text"] for line in raw.decode("utf-8").splitlines()}
+    covered = {k: bytearray(len(t)) for k, t in docs.items()}
+    for line in r.stdout.splitlines():
+        row = json.loads(line)
+        text = docs[row["doc_key"]]
+        assert text[row["char_start"]:row["char_end"]] == row["text"]
+        assert row["token_count"] <= ChunkConfig().max_chars or len(morpheme_spans(row["text"])) == 1
+        covered[row["doc_key"]][row["char_start"]:row["char_end"]] = b"\1" * (row["char_end"] - row["char_start"])
+    for key, text in docs.items():
+        assert all(covered[key][i] or ch.isspace() for i, ch in enumerate(text)), key
+
+
+def test_chunk_command_globs_failures_and_usage_errors(tmp_path):
+    (tmp_path / "a.md").write_text("# 題\n本文です。", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes("シフトジスの本文。".encode("cp932"))
+    (tmp_path / "bad.txt").write_bytes(b"\x00\x01binary")
+    r = run_cli("chunk", tmp_path, "--include", "*.md", "--json")
+    assert r.exit_code == 0 and [json.loads(x)["doc_key"] for x in r.stdout.splitlines()] == ["a.md"]
+    r = run_cli("chunk", tmp_path, "--exclude", "a.*")
+    assert r.exit_code == 1
+    assert "b.txt#0 [0:9] 9 シフトジスの本文。" in r.stdout
+    assert "bad.txt" in r.stderr and "NUL" in r.stderr
+    r = run_cli("chunk", tmp_path, "--max-tokens", "20", "--overlap", "20")
+    assert r.exit_code == 2 and "overlap" in r.output
+    r = run_cli("chunk", tmp_path, "--model", str(tmp_path), "--max-chars", "100")
+    assert r.exit_code == 2 and "--max-chars" in r.output
+    r = run_cli("chunk", tmp_path, "--encoding", "klingon")
+    assert r.exit_code == 1 and "unknown encoding 'klingon'" in r.output
+
+
+def test_chunk_command_counts_model_tokens(tokenizer, tmp_path, data_dir):
+    model_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(model_dir)
+    r = run_cli("chunk", data_dir / "豊岡市.md", "--model", model_dir, "--max-tokens", "40", "--json")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    real = [len(tokenizer(row["text"], add_special_tokens=False)["input_ids"]) for row in rows]
+    assert [row["token_count"] for row in rows] == real
+    assert all(n <= 40 for n in real)
