@@ -289,7 +289,7 @@ def test_properties_on_generated_text(doc, budget, overlap_share):
     check_invariants(text, Chunker(config).chunk(text), budget, brackets)
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=35)
 @given(doc=documents(markdown=True), budget=st.integers(8, 120))
 def test_properties_on_generated_markdown(doc, budget):
     text, brackets = doc
@@ -307,7 +307,7 @@ def test_properties_on_real_text(text, budget, overlap_share):
     check_invariants(text, Chunker(config).chunk(text), budget)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(doc=documents(), budget=st.integers(8, 64))
 def test_properties_with_model_tokens(count_tokens, doc, budget):
     text, brackets = doc

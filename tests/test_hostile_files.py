@@ -80,11 +80,15 @@ def test_hostile_folder_indexes_every_good_file_and_reports_every_bad_one(tmp_pa
         assert word in reported[name], (name, reported[name])
     assert summary.added == len(GOOD) + 2  # + docs.jsonl line 1 + sub/nested.txt
 
+    originals = {d.key: d.text for d in iter_documents([root]) if isinstance(d, Document)}
+    assert "ﾊﾝｶｸｶﾀｶﾅのﾃｷｽﾄ" in originals["hankaku.txt"] and "\r" in originals["cr-only.txt"]
     with Searcher.open(idx) as s:
         for name, (_, query) in GOOD.items():
             hits = s.search(query, k=3, mode="lexical")
             assert hits and hits[0].doc_key == name, (name, query, [h.doc_key for h in hits])
             assert query in hits[0].text
+            # The stored passage is the original text at its offsets (never normalised).
+            assert hits[0].text == originals[name][hits[0].char_start:hits[0].char_end]
         assert s.search("航空機", k=1, mode="lexical")[0].doc_key == "jl-1"
         assert s.search("中国の歴史書", k=1, mode="lexical")[0].doc_key == "sub/nested.txt"
         assert not s.search("隠れた文字", k=3, mode="lexical")  # script text is not visible text
