@@ -296,7 +296,7 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, limit, per_query, as_json)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--max-tokens", type=click.IntRange(min=8), default=None,
               help="Budget per chunk: model tokens with --model, characters with --model none "
-                   "(default: 256 tokens / 320 characters).")
+                   "(default: the ChunkConfig defaults, 256 tokens / 400 characters).")
 @click.option("--max-chars", type=click.IntRange(min=8), default=None, hidden=True,
               help="Same as --max-tokens with --model none (the name `mitsuke index` uses).")
 @click.option("--overlap", type=click.IntRange(min=0), default=None,

@@ -116,7 +116,7 @@ def test_fifty_megabyte_single_line_loads_and_chunks_exactly(tmp_path):
     assert chunks[0].char_start == 0 and chunks[-1].char_end == len(doc.text)
     for a, b in zip(chunks, chunks[1:]):
         assert a.char_end == b.char_start  # no overlap configured, no whitespace: contiguous
-        assert a.token_count <= 320
+        assert a.token_count <= ChunkConfig().max_chars
     for c in chunks[:: max(1, len(chunks) // 200)]:
         assert doc.text[c.char_start:c.char_end] == c.text and c.text.endswith("。")
 
