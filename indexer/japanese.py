@@ -187,7 +187,7 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
         elif stack and ch in CLOSE_BRACKETS and ch in stack:
             while stack and stack.pop() != ch:  # mismatched nesting: close up to it
                 pass
-        if ch in _TERMINATORS and not stack:
+        if ch in _TERMINATORS and not stack and not (ch == "．" and _decimal_point(text, i, end)):
             j = i + 1
             while j < end and text[j] in _TRAILERS:
                 j += 1
@@ -203,6 +203,11 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     if sent_start >= 0:
         spans.append((sent_start, _rstrip(text, sent_start, end)))
     return [(s, e) for s, e in spans if e > s]
+
+
+def _decimal_point(text: str, i: int, end: int) -> bool:
+    """``３．１４``: a full-width period between digits is a decimal point, not a sentence end."""
+    return 0 < i and i + 1 < end and text[i - 1].isdigit() and text[i + 1].isdigit()
 
 
 def _rstrip(text: str, start: int, end: int) -> int:
