@@ -167,12 +167,6 @@ def _rstrip(text: str, start: int, end: int) -> int:
     return end
 
 
-def _lstrip(text: str, start: int, end: int) -> int:
-    while start < end and text[start].isspace():
-        start += 1
-    return start
-
-
 class Chunker:
     """Packs sentences into chunks within a token (or character) budget.
 
