@@ -3,27 +3,62 @@
 Offsets are into the original document text: ``text[c.char_start:c.char_end] == c.text``.
 The budget is counted by ``count_tokens`` (the embedding model's tokenizer,
 without special tokens) or in characters when there is no model.
+
+How a document becomes chunks:
+
+1. Markdown documents are cut into sections at ATX headings (``#`` … ``######``,
+   not inside fenced code); each chunk carries its section's heading path. A
+   heading with no text of its own before a sub-heading (``# 豊岡市`` then
+   ``## 概要``) joins the section below it instead of becoming a tiny chunk.
+2. Each section is cut into sentences (``japanese.sentence_spans``), which
+   keep 「…。」 and （…） whole.
+3. A sentence over the budget is split at MeCab morpheme boundaries,
+   preferring sentence ends inside quotes, then 、 and clause ends; a bracketed
+   span that fits the budget is never split. Only a single morpheme longer
+   than the budget makes an over-budget chunk.
+4. Sentences (and pieces) are packed greedily up to the budget; with
+   ``overlap`` the next chunk starts with trailing whole sentences of the
+   previous one.
+
+With a model, token counts are taken in two batched tokenizer calls per
+document (sentences, then finished chunks); a chunk the estimate got wrong is
+re-packed with exact counts, so the budget always holds.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from indexer.config import ChunkConfig
-from indexer.japanese import morpheme_spans, sentence_spans
+from indexer.japanese import CLOSE_BRACKETS, OPEN_BRACKETS, get_tagger, punctuation_pieces, sentence_spans
 
 __all__ = ["Chunk", "Chunker", "markdown_sections"]
 
 CountFn = Callable[[Sequence[str]], list[int]]
 
-_HEADING_RE = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
-# Where a long sentence is best split: after these marks (clause ends, commas).
-_SOFT_BREAKS = set("、，,；;：:）)」』】〕 \u3000")
+_HEADING_RE = re.compile(r"^[ \t]{0,3}(#{1,6})[ \t]+(.+?)[ \t]*(?:[ \t]#+[ \t]*)?$", re.MULTILINE)
+_FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})", re.MULTILINE)
+
+# Cut preferences after a morpheme (higher is better), used only inside an over-long sentence.
+_PREF_SENTENCE = 4  # after 。！？ inside a quotation: a sentence end in all but name
+_PREF_CLAUSE = 3  # after 、 ； ： a closing bracket, or before whitespace
+_PREF_CONNECTIVE = 2  # after a connective particle (〜て 〜が 〜ので): a clause end with no comma
+_PREF_PLAIN = 1
+_PREF_NEVER = 0  # would start a piece with 、 」 or end one with 「
+_SENTENCE_MARKS = frozenset("。．！？!?｡")
+_CLAUSE_MARKS = frozenset("、，,；;：:､") | frozenset(CLOSE_BRACKETS)
+# A piece should not start with these (they belong to what precedes them).
+_NO_START = frozenset("、，,；;：:､。．！？!?｡…‥ー〜") | frozenset(CLOSE_BRACKETS)
+_CONNECTIVES = frozenset({"て", "で", "が", "ので", "から", "けれど", "けれども", "けど", "し", "ながら", "ば", "たり", "だり"})
+_OPENERS = dict(zip(OPEN_BRACKETS, CLOSE_BRACKETS))
 
 
 @dataclass(frozen=True)
 class Chunk:
+    """A passage: ``text == document[char_start:char_end]``, ``token_count`` in the budget's unit."""
+
     index: int
     char_start: int
     char_end: int
@@ -31,7 +66,7 @@ class Chunk:
     token_count: int
     headings: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "chunk_index": self.index,
             "char_start": self.char_start,
@@ -42,31 +77,102 @@ class Chunk:
         }
 
 
+# --------------------------------------------------------------------------- markdown
+
+def _fenced_ranges(text: str) -> list[tuple[int, int]]:
+    """Character ranges of fenced code blocks (``` or ~~~), where ``#`` is not a heading."""
+    ranges: list[tuple[int, int]] = []
+    open_at = -1
+    fence = ""
+    for m in _FENCE_RE.finditer(text):
+        mark = m.group(1)
+        if open_at < 0:
+            open_at, fence = m.start(), mark
+        elif mark[0] == fence[0] and len(mark) >= len(fence):
+            ranges.append((open_at, m.end()))
+            open_at = -1
+    if open_at >= 0:
+        ranges.append((open_at, len(text)))
+    return ranges
+
+
 def markdown_sections(text: str) -> list[tuple[int, int, tuple[str, ...]]]:
-    """(start, end, heading path) for each section; a heading line opens its section."""
-    sections: list[tuple[int, int, tuple[str, ...]]] = []
+    """``(start, end, heading path)`` for each section; a heading line opens its section.
+
+    Sections with no text are dropped; a heading-only section directly followed
+    by one of its sub-sections is merged into it (the merged span starts at
+    the outer heading, so offsets stay exact and nothing is lost).
+
+    >>> t = "# 豊岡市\\n## 気候\\n夏は暑い。\\n## 交通\\n駅がある。"
+    >>> [(t[s:e], h) for s, e, h in markdown_sections(t)]
+    [('# 豊岡市\\n## 気候\\n夏は暑い。\\n', ('豊岡市', '気候')), ('## 交通\\n駅がある。', ('豊岡市', '交通'))]
+    """
+    fences = _fenced_ranges(text)
+    sections: list[tuple[int, int, tuple[str, ...], int]] = []  # + end of the heading line
     path: list[tuple[int, str]] = []
     start = 0
+    body = 0
     current: tuple[str, ...] = ()
     for m in _HEADING_RE.finditer(text):
+        if any(a <= m.start() < b for a, b in fences):
+            continue
         if m.start() > start:
-            sections.append((start, m.start(), current))
+            sections.append((start, m.start(), current, body))
         level = len(m.group(1))
         while path and path[-1][0] >= level:
             path.pop()
         path.append((level, m.group(2).strip()))
         current = tuple(h for _, h in path)
-        start = m.start()
-    sections.append((start, len(text), current))
-    return [s for s in sections if text[s[0]:s[1]].strip()]
+        start, body = m.start(), m.end()
+    sections.append((start, len(text), current, body))
+    sections = [s for s in sections if text[s[0]:s[1]].strip()]
+    # Merge heading-only sections forward into their first sub-section, innermost first.
+    merged: list[tuple[int, int, tuple[str, ...]]] = []
+    for start, end, heads, body in reversed(sections):
+        if merged and heads and not text[body:end].strip():
+            nstart, nend, nheads = merged[-1]
+            if len(nheads) > len(heads) and nheads[:len(heads)] == heads and nstart == end:
+                merged[-1] = (start, nend, nheads)
+                continue
+        merged.append((start, end, heads))
+    merged.reverse()
+    return merged
+
+
+# --------------------------------------------------------------------------- chunker
+
+def _cut_pref(surface: str, word: Any) -> int:
+    """How good a place the end of this morpheme is to cut an over-long sentence."""
+    last = surface[-1]
+    if last in _SENTENCE_MARKS:
+        return _PREF_SENTENCE
+    if last in _CLAUSE_MARKS:
+        return _PREF_CLAUSE
+    if last in _OPENERS:
+        return _PREF_NEVER
+    # Only a handful of surfaces can be connective particles: read MeCab's
+    # features (the slow part of fugashi) for those alone.
+    if word is not None and surface in _CONNECTIVES and word.feature.pos2 == "接続助詞":
+        return _PREF_CONNECTIVE
+    return _PREF_PLAIN
 
 
 def _char_count(texts: Sequence[str]) -> list[int]:
     return [len(t) for t in texts]
 
 
+def _rstrip(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
 class Chunker:
-    """Packs sentences into chunks.
+    """Packs sentences into chunks within a token (or character) budget.
+
+    ``count_tokens`` maps a batch of strings to their token counts (the
+    embedding model's tokenizer without special tokens); without it the
+    budget is ``config.max_chars`` characters.
 
     >>> Chunker(ChunkConfig(max_chars=20)).chunk("今日は晴れ。明日は雨でしょう。明後日は曇り。")[0].text
     '今日は晴れ。明日は雨でしょう。'
@@ -74,86 +180,83 @@ class Chunker:
 
     def __init__(self, config: ChunkConfig | None = None, count_tokens: CountFn | None = None) -> None:
         self.config = config or ChunkConfig()
-        self.count = count_tokens or _char_count
+        self.exact_chars = count_tokens is None
+        self.count: CountFn = count_tokens or _char_count
         self.budget = self.config.max_tokens if count_tokens else self.config.max_chars
         self.overlap = self.config.overlap
 
     # ------------------------------------------------------------------ public
     def chunk(self, text: str, markdown: bool = False) -> list[Chunk]:
+        """Chunks of ``text`` in document order, each with exact offsets and its heading path."""
         sections = markdown_sections(text) if markdown else [(0, len(text), ())]
-        chunks: list[Chunk] = []
-        for start, end, headings in sections:
-            units = self._units(text, start, end)
+        spans_by_section = [sentence_spans(text, s, e) for s, e, _ in sections]
+        if self.exact_chars:
+            counts = [e - s for spans in spans_by_section for s, e in spans]
+        else:
+            # One tokenizer call for every sentence of the document.
+            counts = self.count([text[s:e] for spans in spans_by_section for s, e in spans])
+        chunks: list[tuple[int, int, int, tuple[str, ...]]] = []
+        pos = 0
+        for (_s, _e, headings), spans in zip(sections, spans_by_section):
+            units: list[tuple[int, int, int]] = []
+            for s, e in spans:
+                n = counts[pos]
+                pos += 1
+                if n <= self.budget:
+                    units.append((s, e, n))
+                else:
+                    units.extend(self._split_long(text, s, e, n))
             for s, e, n in self._pack(text, units):
-                chunks.append(Chunk(len(chunks), s, e, text[s:e], n, headings))
-        return chunks
-
-    # ------------------------------------------------------------------ units
-    def _units(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
-        """Sentences (split further where one exceeds the budget) with token counts."""
-        spans = sentence_spans(text, start, end)
-        counts = self.count([text[s:e] for s, e in spans]) if spans else []
-        units: list[tuple[int, int, int]] = []
-        for (s, e), n in zip(spans, counts):
-            if n <= self.budget:
-                units.append((s, e, n))
-            else:
-                units.extend(self._split_long(text, s, e, n))
-        return units
-
-    def _split_long(self, text: str, start: int, end: int, n_tokens: int) -> list[tuple[int, int, int]]:
-        """Split one over-budget sentence at morpheme boundaries, preferring 、 and clause ends."""
-        morphs = [(start + s, start + e) for s, e in morpheme_spans(text[start:end])]
-        if not morphs:
-            return [(start, end, n_tokens)]
-        # Estimate a character target from the sentence's own tokens-per-char,
-        # then verify each piece with the real counter and shrink when needed.
-        target = max(1, int(self.budget * (end - start) / max(n_tokens, 1) * 0.95))
-        pieces: list[tuple[int, int, int]] = []
-        i = 0
-        while i < len(morphs):
-            j = i
-            best_soft = -1
-            while j < len(morphs) and morphs[j][1] - morphs[i][0] <= target:
-                if text[morphs[j][1] - 1] in _SOFT_BREAKS:
-                    best_soft = j
-                j += 1
-            if j == i:
-                j = i + 1  # one morpheme alone is over budget: it becomes its own piece
-            elif j < len(morphs) and best_soft >= i + (j - i) // 2:
-                j = best_soft + 1
-            while True:
-                s, e = morphs[i][0], morphs[j - 1][1]
-                n = self.count([text[s:e]])[0]
-                if n <= self.budget or j == i + 1:
-                    break
-                j = max(i + 1, i + (j - i) * 3 // 4)
-            pieces.append((s, e, n))
-            i = j
-        return pieces
+                chunks.append((s, e, n, headings))
+        return [Chunk(i, s, e, text[s:e], n, h) for i, (s, e, n, h) in enumerate(chunks)]
 
     # ------------------------------------------------------------------ packing
     def _pack(self, text: str, units: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """Greedy packing of units into chunks; returns ``(start, end, tokens)``."""
+        if not units:
+            return []
+        if self.exact_chars:
+            return self._pack_from(text, units, 0, exact=True)
+        out = self._pack_from(text, units, 0, exact=False)
+        real = self.count([text[s:e] for s, e, _ in out])
+        for k, ((s, e, _), n) in enumerate(zip(out, real)):
+            if n > self.budget and not self._single_unit(units, s, e):
+                # The estimate was wrong here: re-pack the rest with exact counts.
+                first = next(i for i, u in enumerate(units) if u[0] == s)
+                fixed = self._pack_from(text, units, first, exact=True)
+                return [(a, b, c) for (a, b, _), c in zip(out[:k], real[:k])] + fixed
+        return [(s, e, n) for (s, e, _), n in zip(out, real)]
+
+    @staticmethod
+    def _single_unit(units: list[tuple[int, int, int]], s: int, e: int) -> bool:
+        return any(u[0] == s and u[1] == e for u in units)
+
+    def _pack_from(self, text: str, units: list[tuple[int, int, int]], i: int,
+                   exact: bool) -> list[tuple[int, int, int]]:
         out: list[tuple[int, int, int]] = []
-        i = 0
+        budget = self.budget
         while i < len(units):
+            s = units[i][0]
             total = units[i][2]
             j = i + 1
-            while j < len(units) and total + units[j][2] <= self.budget:
-                total += units[j][2]
-                j += 1
-            s, e = units[i][0], units[j - 1][1]
-            n = self.count([text[s:e]])[0]
-            # Whitespace between sentences or merges at their seams can push the
-            # real count over: give back sentences until it fits.
-            while n > self.budget and j - i > 1:
-                j -= 1
-                e = units[j - 1][1]
-                n = self.count([text[s:e]])[0]
-            out.append((s, e, n))
+            if self.exact_chars:
+                while j < len(units) and units[j][1] - s <= budget:
+                    j += 1
+                total = units[j - 1][1] - s
+            else:
+                while j < len(units) and total + units[j][2] + 1 <= budget:
+                    total += units[j][2] + 1  # + 1: the whitespace or seam between them
+                    j += 1
+                if exact:
+                    total = self.count([text[s:units[j - 1][1]]])[0]
+                    # Seams can tokenise differently: give back units until it fits.
+                    while total > budget and j - i > 1:
+                        j -= 1
+                        total = self.count([text[s:units[j - 1][1]]])[0]
+            out.append((s, units[j - 1][1], total))
             if j >= len(units):
                 break
-            # Overlap: start the next chunk with trailing whole sentences of this one.
+            # Overlap: start the next chunk with trailing whole units of this one.
             back = j
             carried = 0
             while self.overlap and back - 1 > i and carried + units[back - 1][2] <= self.overlap:
@@ -161,3 +264,145 @@ class Chunker:
                 carried += units[back][2]
             i = back if back > i else j
         return out
+
+    # ------------------------------------------------------------------ long sentences
+    def _split_long(self, text: str, start: int, end: int, n_tokens: int) -> list[tuple[int, int, int]]:
+        """Split one over-budget sentence into pieces at morpheme boundaries.
+
+        Works through the sentence in windows, so MeCab's lattice and the
+        morpheme list stay small even for a 50 MB line without punctuation.
+        """
+        # Characters a piece may hold: exact without a model, else estimated from
+        # the sentence's own characters per token and checked afterwards.
+        if self.exact_chars:
+            target = self.budget
+        else:
+            target = max(1, int(self.budget * (end - start) / max(n_tokens, 1) * 0.9))
+        return self._split_range(text, start, end, target, depth=0)
+
+    def _split_range(self, text: str, start: int, end: int, target: int, depth: int) -> list[tuple[int, int, int]]:
+        window = max(4096, target * 8)
+        starts: list[int] = []
+        pos = start
+        while pos < end:
+            wend = min(end, pos + window)
+            morphs = self._morphemes(text, pos, wend)
+            if not morphs:
+                starts.append(pos)
+                break
+            last_window = wend >= end
+            if not last_window and len(morphs) > 1:
+                morphs.pop()  # it may be cut by the window edge
+            piece_starts = self._cut(text, morphs, target)
+            if last_window:
+                starts.extend(piece_starts)
+                break
+            if len(piece_starts) > 1:
+                pos = piece_starts.pop()  # the last piece may continue past the window: redo it
+                starts.extend(piece_starts)
+            else:
+                starts.extend(piece_starts)  # one giant atom filled the window
+                pos = morphs[-1][1]
+        starts[0] = start
+        bounds = [(s, _rstrip(text, s, starts[k + 1]) if k + 1 < len(starts) else end) for k, s in enumerate(starts)]
+        bounds = [(s, e) for s, e in bounds if e > s]
+        counts = self.count([text[s:e] for s, e in bounds])
+        pieces: list[tuple[int, int, int]] = []
+        for (s, e), n in zip(bounds, counts):
+            if n > self.budget and not self.exact_chars and depth < 8 and len(self._morphemes(text, s, e)) > 1:
+                # The chars-per-token estimate was optimistic for this stretch: cut it finer.
+                sub = max(1, int(target * self.budget / n * 0.9))
+                pieces.extend(self._split_range(text, s, e, min(sub, target - 1) if target > 1 else 1, depth + 1))
+            else:
+                pieces.append((s, e, n))
+        return pieces
+
+    def _morphemes(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
+        """``(start, end, cut preference after it)`` for MeCab morphemes of ``text[start:end]``."""
+        window = text[start:end]
+        words = get_tagger()(window)
+        out: list[tuple[int, int, int]] = []
+        pos = 0
+        for w in words:
+            surface = w.surface
+            if not surface or surface.isspace():  # MeCab makes a morpheme of U+3000: it is a gap
+                continue
+            found = window.find(surface, pos)
+            if found < 0:  # MeCab rewrote something: skip it, the characters stay in the piece
+                continue
+            pos = found + len(surface)
+            if w.is_unk and len(surface) > 1:
+                for a, b in punctuation_pieces(surface):
+                    out.append((start + found + a, start + found + b, _cut_pref(surface[a:b], None)))
+            else:
+                out.append((start + found, start + pos, _cut_pref(surface, w)))
+        return out
+
+    @staticmethod
+    def _atoms(text: str, morphs: list[tuple[int, int, int]], target: int) -> list[tuple[int, int, int]]:
+        """Morphemes, with each bracketed span that fits ``target`` characters fused into one atom."""
+        n = len(morphs)
+        match = [-1] * n
+        stack: list[tuple[str, int]] = []
+        for k, (s, e, _p) in enumerate(morphs):
+            if e - s != 1:
+                continue
+            ch = text[s]
+            if ch in _OPENERS:
+                stack.append((_OPENERS[ch], k))
+            elif ch in CLOSE_BRACKETS:
+                for depth in range(len(stack) - 1, -1, -1):
+                    if stack[depth][0] == ch:
+                        match[stack[depth][1]] = k
+                        del stack[depth:]
+                        break
+        atoms: list[tuple[int, int, int]] = []
+        k = 0
+        while k < n:
+            c = match[k]
+            if c > k and morphs[c][1] - morphs[k][0] <= target:
+                atoms.append((morphs[k][0], morphs[c][1], morphs[c][2]))
+                k = c + 1
+            else:
+                atoms.append(morphs[k])
+                k += 1
+        return atoms
+
+    def _cut(self, text: str, morphs: list[tuple[int, int, int]], target: int) -> list[int]:
+        """Start offsets of pieces of at most ``target`` characters over ``morphs``."""
+        atoms = self._atoms(text, morphs, target)
+        n = len(atoms)
+        # Preference of cutting after atom k, given what follows it.
+        prefs = []
+        for k in range(n):
+            p = atoms[k][2]
+            if k + 1 < n:
+                nxt = atoms[k + 1][0]
+                if nxt > atoms[k][1] and p < _PREF_CLAUSE and p != _PREF_NEVER:
+                    p = _PREF_CLAUSE  # whitespace between them
+                if text[nxt] in _NO_START:
+                    p = _PREF_NEVER
+            prefs.append(p)
+        starts: list[int] = []
+        i = 0
+        while i < n:
+            starts.append(atoms[i][0])
+            s = atoms[i][0]
+            j = i
+            while j < n and atoms[j][1] - s <= target:
+                j += 1
+            if j >= n:
+                break
+            if j == i:
+                i += 1  # one atom alone is over the target: it is a piece on its own
+                continue
+            # Best cut among the atoms that end in the second half of the window.
+            half = s + target // 2
+            best, best_pref = j - 1, -1
+            for k in range(j - 1, i - 1, -1):
+                if atoms[k][1] < half and best_pref >= 0:
+                    break
+                if prefs[k] > best_pref:
+                    best, best_pref = k, prefs[k]
+            i = best + 1
+        return starts

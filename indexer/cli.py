@@ -333,42 +333,57 @@ def _eval_table(report) -> list[str]:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--max-tokens", type=int, default=None, help="Budget in model tokens (with --model).")
-@click.option("--max-chars", type=int, default=None, help="Budget in characters (with --model none).")
-@click.option("--overlap", type=int, default=0, show_default=True, help="Overlap, same unit as the budget.")
-@click.option("--model", default="none", show_default=True,
-              help="Count tokens with this model's tokenizer; 'none' counts characters.")
-@click.option("--encoding", default=None, help="Force a text encoding.")
+@click.option("--max-tokens", type=click.IntRange(min=8), default=None,
+              help="Budget per chunk: model tokens with --model, characters with --model none "
+                   "(default: the ChunkConfig defaults, 256 tokens / 400 characters).")
+@click.option("--max-chars", type=click.IntRange(min=8), default=None, hidden=True,
+              help="Same as --max-tokens with --model none (the name `mitsuke index` uses).")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="Overlap between consecutive chunks, whole sentences, same unit as the budget (default 0).")
+@click.option("--model", default="none", show_default=True, envvar="MITSUKE_CHUNK_MODEL",
+              help="Count tokens with this model's tokenizer (hub id or local directory); 'none' counts characters.")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
+@click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
 @json_option
-def chunk(paths, max_tokens, max_chars, overlap, model, encoding, as_json):
-    """Preview chunking without building an index (one JSON object per line with --json).
+def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json):
+    """Preview how PATHs would be chunked, without building an index.
+
+    With --json, one object per line: doc_key, chunk_index, char_start,
+    char_end, token_count, headings, text (text == document[char_start:char_end]).
+    Files that cannot be read are reported on stderr; the exit status is 1 if any.
 
     \b
-    Example:
-      mitsuke chunk data/豊岡市.md --max-chars 200 --json
+    Examples:
+      mitsuke chunk data/豊岡市.md --max-tokens 200
+      mitsuke chunk docs/ --include '*.md' --json > chunks.jsonl
+      mitsuke chunk notes.txt --model ./sarashina --max-tokens 256 --overlap 32
+      cat dump.jsonl | mitsuke chunk - --json
     """
     from indexer.chunking import Chunker
     from indexer.config import ChunkConfig
     from indexer.loaders import LoadFailure, iter_documents
 
+    lexical = model.lower() == "none"
+    if max_chars is not None and not lexical:
+        raise click.UsageError("--max-chars counts characters and only applies with --model none; "
+                               "use --max-tokens with a model")
+    if max_chars is not None and max_tokens is not None and max_chars != max_tokens:
+        raise click.UsageError(f"--max-tokens {max_tokens} and --max-chars {max_chars} disagree; give one")
     base = ChunkConfig()
+    budget = max_tokens if max_tokens is not None else max_chars
+    budget = budget or (base.max_chars if lexical else base.max_tokens)
     try:
-        config = ChunkConfig(max_tokens=max_tokens or base.max_tokens, max_chars=max_chars or base.max_chars,
-                             overlap=overlap)
+        # Only one of the two budgets is used (characters without a model); both
+        # are set so that the overlap is checked against the one in use.
+        config = ChunkConfig(max_tokens=budget, max_chars=budget,
+                             overlap=overlap if overlap is not None else base.overlap)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    counter = None
-    if model.lower() != "none":
-        from transformers import AutoTokenizer
-
-        from indexer.embedding import resolve_model_dir
-
-        root, _ = resolve_model_dir(model)
-        tok = AutoTokenizer.from_pretrained(root)
-        counter = lambda texts: [len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]  # noqa: E731
+    counter = None if lexical else _token_counter(model)
     chunker = Chunker(config, counter)
     failed = 0
-    for item in iter_documents(paths, encoding=encoding):
+    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding):
         if isinstance(item, LoadFailure):
             failed += 1
             click.echo(f"failed: {item.path}: {item.reason}", err=True)
@@ -382,6 +397,35 @@ def chunk(paths, max_tokens, max_chars, overlap, model, encoding, as_json):
                            + (f"({head}) " if head else "") + " ".join(c.text.split())[:80])
     if failed:
         sys.exit(1)
+
+
+def _token_counter(model: str):
+    """The chunk budget's counter for ``model``: its tokenizer alone, no weights loaded."""
+    from indexer.embedding import resolve_model_dir
+    from indexer.errors import ModelError
+
+    root, _ = resolve_model_dir(model)
+    tf_dir = root
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+        tf_path = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Transformer")), "")
+        tf_dir = root / tf_path if tf_path else root
+    except (OSError, ValueError):
+        pass
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tf_dir)
+    except Exception as exc:  # a directory without tokenizer files, a broken one...
+        raise ModelError(f"cannot load a tokenizer from {model!r} ({tf_dir}): {type(exc).__name__}: {exc}. "
+                         "Give a model directory with tokenizer files, or --model none to count characters") from None
+
+    def count(texts):
+        if not texts:
+            return []
+        return [len(ids) for ids in tok(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
+
+    return count
 
 
 def main() -> None:

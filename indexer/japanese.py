@@ -15,6 +15,7 @@ from collections.abc import Iterator
 __all__ = [
     "get_tagger",
     "morpheme_spans",
+    "punctuation_pieces",
     "sentence_spans",
     "lexical_terms",
     "normalize",
@@ -22,12 +23,16 @@ __all__ = [
     "CLOSE_BRACKETS",
 ]
 
-OPEN_BRACKETS = "「『（(【〔［[｛{〈《“‘"
-CLOSE_BRACKETS = "」』）)】〕］]｝}〉》”’"
+OPEN_BRACKETS = "「『（(【〔［[｛{〈《“‘｢"
+CLOSE_BRACKETS = "」』）)】〕］]｝}〉》”’｣"
 _CLOSERS = dict(zip(OPEN_BRACKETS, CLOSE_BRACKETS))
-_TERMINATORS = set("。．！？!?")
+_TERMINATORS = frozenset("。．！？!?｡")
 # Closing marks that stay with the sentence they end: …。」 …！） …?"
-_TRAILERS = set(CLOSE_BRACKETS) | _TERMINATORS | set("\"'…‥")
+_TRAILERS = frozenset(CLOSE_BRACKETS) | _TERMINATORS | frozenset("\"'…‥")
+# The only characters sentence_spans has to look at; everything else is skipped by the regex engine.
+_SPECIAL_RE = re.compile("[" + re.escape(OPEN_BRACKETS + CLOSE_BRACKETS + "".join(sorted(_TERMINATORS))) + "\r\n]")
+_NONSPACE_RE = re.compile(r"\S")
+_LINE_SPACE = frozenset(" \t\u3000\f\v")
 
 # MeCab's lattice grows with its input; a window keeps memory flat on a 50 MB line.
 _WINDOW = 8192
@@ -86,66 +91,123 @@ def _words(text: str) -> Iterator[tuple[int, int, object]]:
         base = next_base
 
 
+def punctuation_pieces(surface: str) -> list[tuple[int, int]]:
+    """Split an unknown-word surface so that each punctuation mark stands alone.
+
+    MeCab groups a run of characters of one class that its dictionary does not
+    know into a single unknown word, so ``」〔？、〕」〔（。）〕！`` can come back
+    as one "morpheme". Punctuation has no word to protect: treating each mark
+    as its own morpheme lets sentences and brackets be cut where they end.
+    Whitespace and control characters (``\r``) that end up inside such a word
+    are left out. Other characters (emoji with their modifiers, letters) stay
+    together.
+    """
+    pieces: list[tuple[int, int]] = []
+    run = -1
+    for k, ch in enumerate(surface):
+        cat = unicodedata.category(ch)
+        if cat[0] == "P" or cat in ("Cc", "Zs", "Zl", "Zp"):
+            if run >= 0:
+                pieces.append((run, k))
+                run = -1
+            if cat[0] == "P":
+                pieces.append((k, k + 1))
+        elif run < 0:
+            run = k
+    if run >= 0:
+        pieces.append((run, len(surface)))
+    return pieces
+
+
 def morpheme_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of MeCab morphemes; whitespace between them belongs to none."""
-    return [(s, e) for s, e, _ in _words(text)]
+    """Character spans of MeCab morphemes; whitespace between them belongs to none.
+
+    Unknown words made of punctuation are split per mark (``punctuation_pieces``).
+    """
+    spans: list[tuple[int, int]] = []
+    for s, e, w in _words(text):
+        if w.is_unk and e - s > 1:
+            spans.extend((s + a, s + b) for a, b in punctuation_pieces(text[s:e]))
+        elif not text[s:e].isspace():
+            spans.append((s, e))
+    return spans
 
 
 def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     """Sentences of ``text[start:end]`` as spans trimmed of surrounding whitespace.
 
-    A sentence ends at 。．！？!? (plus closing quotes/brackets that follow) when no
-    bracket is open, or at a line break when no bracket is open. A blank line
-    always ends a sentence and forgets unclosed brackets, so one stray 「 cannot
-    swallow the rest of a document.
+    A sentence ends at 。．！？!?｡ (plus the closing quotes/brackets and marks
+    that follow, so ``…。」`` stays whole) when no bracket is open, or at a
+    line break when no bracket is open. A blank line always ends a sentence
+    and forgets unclosed brackets, so one stray 「 cannot swallow the rest of
+    a document. Every non-whitespace character of the range lies in exactly
+    one span.
+
+    >>> t = "「はい。」と言った。\\n次の行"
+    >>> [t[s:e] for s, e in sentence_spans(t)]
+    ['「はい。」と言った。', '次の行']
     """
     end = len(text) if end is None else end
     spans: list[tuple[int, int]] = []
     stack: list[str] = []
-    i = start
-    sent_start = None
-    while i < end:
-        ch = text[i]
-        if sent_start is None:
-            if ch.isspace():
-                i += 1
+    sent_start = -1
+    pos = start  # characters before pos are accounted for
+    nonspace = _NONSPACE_RE.search
+    # Only brackets, terminators and line breaks matter; a regex finds them so the
+    # Python loop runs per mark, not per character (a 50 MB line stays fast).
+    for m in _SPECIAL_RE.finditer(text, start, end):
+        i = m.start()
+        if i < pos:
+            continue  # swallowed as a trailer or a \r\n pair
+        if sent_start < 0:
+            ns = nonspace(text, pos, i + 1)
+            if ns is None:  # a line break with no sentence open
+                pos = i + 1
                 continue
-            sent_start = i
-        if ch in _CLOSERS:
-            stack.append(_CLOSERS[ch])
-        elif stack and ch == stack[-1]:
-            stack.pop()
-        elif ch in CLOSE_BRACKETS and ch in stack:
-            while stack and stack.pop() != ch:  # mismatched nesting: close up to it
-                pass
+            sent_start = ns.start()
+        ch = text[i]
         if ch == "\n" or ch == "\r":
             j = i + 1
             if ch == "\r" and j < end and text[j] == "\n":
                 j += 1
-            blank = False
             k = j
-            while k < end and text[k] in " \t\u3000\r\n":
-                if text[k] in "\r\n":
-                    blank = True
+            while k < end and text[k] in _LINE_SPACE:
                 k += 1
+            blank = k < end and text[k] in "\r\n"
             if not stack or blank:
                 stack.clear()
                 spans.append((sent_start, _rstrip(text, sent_start, i)))
-                sent_start = None
-            i = j
+                sent_start = -1
+            pos = j
             continue
-        if ch in _TERMINATORS and not stack:
+        if ch in _CLOSERS:
+            stack.append(_CLOSERS[ch])
+        elif stack and ch == stack[-1]:
+            stack.pop()
+        elif stack and ch in CLOSE_BRACKETS and ch in stack:
+            while stack and stack.pop() != ch:  # mismatched nesting: close up to it
+                pass
+        if ch in _TERMINATORS and not stack and not (ch == "．" and _decimal_point(text, i, end)):
             j = i + 1
             while j < end and text[j] in _TRAILERS:
                 j += 1
             spans.append((sent_start, j))
-            sent_start = None
-            i = j
+            sent_start = -1
+            pos = j
             continue
-        i += 1
-    if sent_start is not None:
+        pos = i + 1
+    if sent_start < 0:
+        ns = nonspace(text, pos, end)
+        if ns is not None:
+            sent_start = ns.start()
+    if sent_start >= 0:
         spans.append((sent_start, _rstrip(text, sent_start, end)))
     return [(s, e) for s, e in spans if e > s]
+
+
+def _decimal_point(text: str, i: int, end: int) -> bool:
+    """``３．１４``: a full-width period between digits is a decimal point, not a sentence end."""
+    return 0 < i and i + 1 < end and text[i - 1].isdigit() and text[i + 1].isdigit()
 
 
 def _rstrip(text: str, start: int, end: int) -> int:
