@@ -50,6 +50,8 @@ TRAIN_POINTS_PER_CELL = 64
 # PQ codebooks have 2**nbits = 256 centroids per sub-quantizer and need as
 # many training points as a 256-cell k-means.
 PQ_MIN_TRAIN = 256 * MIN_POINTS_PER_CENTROID
+# Below this k-means cannot even place the 256 centroids of a PQ codebook.
+PQ_MIN_POINTS = 256
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
         return AnnParams(kind="flat", dim=dim)
     if kind != "ivfpq":
         raise ValueError(f"ann kind must be auto, flat or ivfpq, got {kind!r}")
+    if 0 < n < PQ_MIN_POINTS:
+        # PQ codebooks have 256 centroids each: FAISS cannot train them on fewer
+        # points, and exact search over so few vectors is instant anyway.
+        log.warning("%d vectors are too few to train IVF-PQ (needs %d): using exact flat search", n, PQ_MIN_POINTS)
+        return AnnParams(kind="flat", dim=dim)
     cells = int(nlist) if nlist else choose_nlist(n)
     if cells < 1:
         raise ValueError(f"nlist must be at least 1, got {nlist}")
@@ -300,7 +307,7 @@ class AnnIndex:
     def load(cls, path: str | Path, params: AnnParams) -> "AnnIndex":
         """Read ``path`` through FAISS and check it is the index ``params`` describe."""
         faiss = _faiss()
-        index = faiss.downcast_index(faiss.read_index(str(path)))
+        index = faiss.read_index(str(path))  # returns the concrete class; downcasting again would free it
         if index.d != params.dim:
             raise ValueError(f"{path}: dimension {index.d} does not match the manifest's {params.dim}")
         if params.kind == "flat":

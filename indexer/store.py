@@ -228,6 +228,8 @@ class MetadataStore:
 
     def renumber_vectors(self, conn: Connection, ids: Sequence[int], new_rows: Sequence[int]) -> None:
         """Point chunk ``ids[i]`` at row ``new_rows[i]`` (compaction; one transaction with the epoch change)."""
+        if len(ids) == 0:
+            return
         conn.exec_driver_sql("UPDATE chunks SET vector_row = ? WHERE id = ?",
                              [(int(r), int(i)) for i, r in zip(ids, new_rows)])
 
