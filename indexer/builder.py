@@ -207,6 +207,9 @@ class IndexBuilder:
                     "generation": 0,
                     "counts": {"documents": 0, "chunks": 0},
                 }
+                # Written before meta.sqlite exists: a kill during the first
+                # run must leave an index that opens (invariant 6).
+                write_manifest(path, manifest)
             elif ann is not None:
                 manifest["ann_config"] = ann.__dict__.copy()
             return cls(path, manifest, embedder, lock, **kwargs)

@@ -36,12 +36,14 @@ def fault_point(name: str) -> None:
         return
     hits = _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
     for item in (sleep_at or "").split(","):
-        point, _, secs = item.partition(":")
+        point, _, secs = item.rpartition(":")
         if point == name:
             time.sleep(float(secs or 0.1))
     if kill_at:
-        point, _, nth = kill_at.partition(":")
-        if point == name and hits == int(nth or 1):
+        point, _, nth = kill_at.rpartition(":")
+        if not nth.isdigit():  # names may hold colons (before_replace:manifest.json); the count is optional
+            point, nth = kill_at, "1"
+        if point == name and hits == int(nth):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
