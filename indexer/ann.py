@@ -85,14 +85,18 @@ def choose_m(dim: int) -> int:
     the codes cost more than the rerank needs. It is a divisor of ``dim`` from
     ``GPU_PQ_M`` so the same index can be cloned to a GPU. For 1792 this is
     64 (28 dims each); for 384, 24; 768, 48; 1024, 64; 1536, 96; 4096, 64
-    (96 does not divide 4096).
+    (96 does not divide 4096); for 64, 16 (see below).
     """
     if dim <= 0:
         raise ValueError(f"dimension must be positive, got {dim}")
     fits = [m for m in GPU_PQ_M if dim % m == 0 and dim // m >= 16]
-    if fits:
+    if fits and max(fits) >= 16:
         return max(fits)
-    return max(m for m in GPU_PQ_M if dim % m == 0)
+    # Small dims (tests, tiny models): 16 dims per sub-vector would leave a
+    # handful of bytes per vector, too coarse for the rerank to repair; take
+    # up to 16 sub-quantizers of at least 4 dims instead (64 -> 16).
+    small = [m for m in GPU_PQ_M if dim % m == 0 and dim // m >= 4 and m <= 16]
+    return max(small or fits or [m for m in GPU_PQ_M if dim % m == 0])
 
 
 def choose_nlist(n: int) -> int:
@@ -122,13 +126,15 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
     - m: :func:`choose_m`; nbits: 8, the only value classic GPU IVF-PQ accepts;
     - train_size: 64 points per cell, at least 256·39 for the PQ codebooks,
       at most n — good centroids without training dominating the build;
-    - nprobe: nlist/16, at least 8 (or all cells if fewer): with the exact
-      rerank of 10×k candidates this keeps top-10 agreement with exact search
-      ≥ 0.95 on clustered data while visiting ~6% of the lists
-      (bench/ann_build.py measures the curve).
+    - nprobe: nlist/8, at least 16 (all cells if fewer): a query's true
+      neighbours straddle cell borders, and the exact rerank can only restore
+      what the visited lists hold. nlist/16 gave 0.80 top-10 agreement on the
+      100k clustered benchmark and 93/100 on the tiny-model test corpus;
+      nlist/8 visits 12.5% of the lists (bench/sections/storage.md has the
+      curve; ``nprobe=`` at search time trades it for latency).
 
     >>> choose_params(1_000_000, 1792)
-    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=64, nbits=8, nprobe=64, train_size=65536, metric='ip')
+    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=64, nbits=8, nprobe=128, train_size=65536, metric='ip')
     """
     threshold = FLAT_THRESHOLD if flat_threshold is None else flat_threshold
     if kind == "auto":
@@ -146,7 +152,7 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
     if cells < 1:
         raise ValueError(f"nlist must be at least 1, got {nlist}")
     train_size = min(max(n, 1), max(cells * TRAIN_POINTS_PER_CELL, PQ_MIN_TRAIN))
-    nprobe = min(cells, max(8, cells // 16))
+    nprobe = min(cells, max(16, cells // 8))
     return AnnParams(kind="ivfpq", dim=dim, nlist=cells, m=choose_m(dim), nbits=8, nprobe=nprobe,
                      train_size=train_size)
 

@@ -248,7 +248,7 @@ def test_ann_kind_follows_the_flag_and_is_recorded(tmp_path, tiny_model, tiny_em
     with open_builder(idx, tiny_model, tiny_embedder, ann=AnnConfig(kind="ivfpq", nlist=4)) as b:
         b.add_documents(make_docs(300))
     info = json.loads(CliRunner().invoke(cli, ["info", "--index", str(idx), "--json"]).stdout)
-    assert info["ann"]["kind"] == "ivfpq" and info["ann"]["nlist"] == 4 and info["ann"]["m"] == 4
+    assert info["ann"]["kind"] == "ivfpq" and info["ann"]["nlist"] == 4 and info["ann"]["m"] == 16
     for key in ("documents", "chunks", "model", "dim", "generation", "files"):
         assert key in info
     assert set(info["files"]) >= {"manifest.json", "meta.sqlite", "vectors.f16", "ann.faiss"}
