@@ -187,6 +187,7 @@ class AnnIndex:
         self.params = params
         self._gpu = None  # a GPU clone for searching, dropped whenever the CPU index changes
         self._gpu_res = None
+        self._gpu_failed = False
 
     @classmethod
     def create(cls, params: AnnParams) -> "AnnIndex":
@@ -213,7 +214,7 @@ class AnnIndex:
     # ------------------------------------------------------------------ GPU
     def _to_gpu(self, index):
         """``index`` cloned to GPU 0 with the cloner options its parameters need, or None."""
-        if gpu_count() == 0:
+        if self._gpu_failed or gpu_count() == 0:
             return None
         faiss = _faiss()
         try:
@@ -224,6 +225,7 @@ class AnnIndex:
             return faiss.index_cpu_to_gpu(self._gpu_res, 0, index, co)
         except Exception as exc:  # an old card or an unsupported layout: the CPU still works
             log.warning("could not move the %s index to the GPU (%s); staying on the CPU", self.params.kind, exc)
+            self._gpu_failed = True  # say it once, not on every search
             return None
 
     def _changed(self) -> None:

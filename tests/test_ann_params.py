@@ -84,25 +84,25 @@ def test_params_round_trip_through_the_manifest_dict():
 
 def test_saved_file_is_checked_against_the_manifest(tmp_path):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2000, 64)).astype(np.float32)
+    x = rng.standard_normal((1000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    ivf = AnnIndex.create(choose_params(2000, 64, "ivfpq", nlist=16))
+    ivf = AnnIndex.create(choose_params(1000, 64, "ivfpq", nlist=16))
     ivf.train(x)
-    ivf.add(np.arange(1, 2001), x)
+    ivf.add(np.arange(1, 1001), x)
     ivf.save(tmp_path / "ann.faiss")
-    assert AnnIndex.load(tmp_path / "ann.faiss", ivf.params).ntotal == 2000
+    assert AnnIndex.load(tmp_path / "ann.faiss", ivf.params).ntotal == 1000
     with pytest.raises(ValueError, match="IndexIVFPQ"):
         AnnIndex.load(tmp_path / "ann.faiss", AnnParams(kind="flat", dim=64))
     with pytest.raises(ValueError, match="manifest"):
-        AnnIndex.load(tmp_path / "ann.faiss", choose_params(2000, 64, "ivfpq", nlist=32))
+        AnnIndex.load(tmp_path / "ann.faiss", choose_params(1000, 64, "ivfpq", nlist=8))
 
 
 def test_removed_ids_never_come_back_from_search():
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x = rng.standard_normal((1000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    ids = np.arange(10, 3010, dtype=np.int64) * 7  # ids are not positions
-    for params in (AnnParams(kind="flat", dim=64), choose_params(3000, 64, "ivfpq", nlist=16)):
+    ids = np.arange(10, 1010, dtype=np.int64) * 7  # ids are not positions
+    for params in (AnnParams(kind="flat", dim=64), choose_params(1000, 64, "ivfpq", nlist=16)):
         ann = AnnIndex.create(params)
         ann.train(x)
         ann.add(ids, x)
