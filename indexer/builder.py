@@ -241,6 +241,8 @@ class IndexBuilder:
         try:
             if commit:
                 self.flush()
+            else:  # an error mid-run: what was not committed stays uncommitted
+                self._pending, self._pending_chunks = [], 0
             if self.vectors is not None:
                 self.maybe_compact()
                 self._maybe_switch_ann()

@@ -271,3 +271,16 @@ def test_index_json_summary_reports_failures_with_reasons(tmp_path):
     assert summary["added"] == 2
     assert [f["path"].endswith("壊れ.txt") and f["reason"] for f in summary["failed"]] != []
     assert all(f["reason"] for f in summary["failed"])
+
+
+def test_an_error_inside_the_builder_commits_nothing_pending(tmp_path, tiny_model, tiny_embedder):
+    idx = tmp_path / "idx"
+    with open_builder(idx, tiny_model, tiny_embedder) as b:
+        b.add_documents(make_docs(4))
+    with pytest.raises(RuntimeError, match="途中"):
+        with open_builder(idx, tiny_model, tiny_embedder, batch_docs=100) as b:
+            b._add_one(__import__("indexer.loaders", fromlist=["Document"]).Document(
+                key="保留", text="保留中の文書です。", title="", source="", source_type="text", metadata={}))
+            raise RuntimeError("途中で失敗")
+    with Searcher.open(idx, embedder=tiny_embedder) as s:
+        assert s.info()["documents"] == 4
