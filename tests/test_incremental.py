@@ -125,7 +125,7 @@ def test_any_sequence_of_folder_changes_equals_a_fresh_build_lexical(steps, seed
 def test_flat_and_ivfpq_give_the_same_top10_with_exact_rerank(tmp_path, tiny_model, tiny_embedder):
     rng = random.Random(11)
     pool = sentences()
-    docs = [{"id": f"d{i:04d}", "text": rng.choice(pool) + rng.choice(pool)} for i in range(1500)]
+    docs = [{"id": f"d{i:04d}", "text": rng.choice(pool) + rng.choice(pool)} for i in range(1000)]
     flat, ivf = tmp_path / "flat", tmp_path / "ivf"
     with IndexBuilder.open(flat, model=str(tiny_model), embedder=tiny_embedder, ann=AnnConfig(kind="flat")) as b:
         b.add_documents(docs)
