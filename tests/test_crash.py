@@ -10,14 +10,12 @@ have been embedded again (``MITSUKE_TEST_EMBED_LOG`` records every embedding).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
