@@ -1,7 +1,13 @@
-"""FAISS index over chunk ids: parameter choice, train/add/remove/search, atomic save.
+"""FAISS index over chunk ids: parameter choice, train/add/remove/search, GPU, atomic save.
 
 The ANN index is derived data (invariant 2): it is always rebuildable from
-``vectors.f16``, and it is read only through FAISS (no pickle).
+``vectors.f16``, and it is read only through FAISS (no pickle). Ids are chunk
+ids (``add_with_ids``), never positions (invariant 3).
+
+On a FAISS build with GPUs, training, bulk adds and searches run on the GPU
+(``index_cpu_to_gpu``); the master copy, deletions and the saved file are the
+CPU index, because GPU indexes have no ``remove_ids`` and files must load
+anywhere.
 """
 from __future__ import annotations
 
@@ -14,20 +20,44 @@ from typing import Any
 
 import numpy as np
 
-from indexer.manifest import fsync_dir
+from indexer.manifest import fault_point, fsync_dir
 
-__all__ = ["AnnParams", "AnnIndex", "choose_params", "choose_m", "gpu_cloner_settings", "GPU_PQ_M"]
+__all__ = [
+    "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_nlist", "gpu_cloner_settings", "gpu_count",
+    "GPU_PQ_M", "GPU_SHARED_MEM", "FLAT_THRESHOLD",
+]
 
 log = logging.getLogger("mitsuke")
 
 # Sub-quantizer counts the classic GPU IVF-PQ accepts (GpuIndexIVFPQ verifyPQSettings_).
 GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
-# Shared memory per block on the cards FAISS targets; lookup tables above it need float16.
+# Shared memory per block on the cards FAISS targets; float32 lookup tables
+# bigger than this (m × 256 × 4 bytes, i.e. m > 48) need float16 tables.
 GPU_SHARED_MEM = 48 * 1024
+# Below this many vectors exact search is used: it needs no training, and a
+# scan of 50k × 1792 floats (~0.35 GB) is still tens of milliseconds on a CPU,
+# while IVF-PQ training on so few points costs more than it would ever save.
+FLAT_THRESHOLD = 50_000
+# FAISS k-means warns under 39 training points per centroid: fewer give
+# centroids that are mostly noise.
+MIN_POINTS_PER_CENTROID = 39
+# Training sample per IVF cell. k-means cost is sample × nlist × dim per
+# iteration, so the sample is what makes training slow or fast: 64 points per
+# cell is comfortably above FAISS's 39 and well below its 256 cap (beyond
+# which it subsamples anyway). Measured on 2 cores at d=1792: see
+# bench/sections/storage.md.
+TRAIN_POINTS_PER_CELL = 64
+# PQ codebooks have 2**nbits = 256 centroids per sub-quantizer and need as
+# many training points as a 256-cell k-means.
+PQ_MIN_TRAIN = 256 * MIN_POINTS_PER_CENTROID
+# Below this k-means cannot even place the 256 centroids of a PQ codebook.
+PQ_MIN_POINTS = 256
 
 
 @dataclass(frozen=True)
 class AnnParams:
+    """Resolved ANN parameters; written to ``manifest.json`` as they are."""
+
     kind: str  # flat | ivfpq
     dim: int
     nlist: int = 0
@@ -47,43 +77,83 @@ class AnnParams:
 
 
 def choose_m(dim: int) -> int:
-    """Largest GPU-compatible sub-quantizer count leaving >= 16 dims per sub-vector.
+    """PQ sub-quantizers for ``dim``: the largest of FAISS's GPU list dividing ``dim``
+    with at least 16 dimensions per sub-vector.
 
-    More sub-quantizers = finer codes (better recall) and bigger codes; 16 dims
-    per sub-vector keeps the PQ error low enough for an exact rerank to repair.
+    ``m`` bytes per vector: more sub-quantizers give finer codes (better recall
+    before the exact rerank) and bigger codes; under ~16 dims per sub-vector
+    the codes cost more than the rerank needs. It is a divisor of ``dim`` from
+    ``GPU_PQ_M`` so the same index can be cloned to a GPU. For 1792 this is
+    64 (28 dims each); for 384, 24; 768, 48; 1024, 64; 1536, 96; 4096, 64
+    (96 does not divide 4096); for 64, 16 (see below).
     """
+    if dim <= 0:
+        raise ValueError(f"dimension must be positive, got {dim}")
     fits = [m for m in GPU_PQ_M if dim % m == 0 and dim // m >= 16]
-    if fits:
+    if fits and max(fits) >= 16:
         return max(fits)
-    divisors = [m for m in GPU_PQ_M if dim % m == 0]
-    return max(divisors)
+    # Small dims (tests, tiny models): 16 dims per sub-vector would leave a
+    # handful of bytes per vector, too coarse for the rerank to repair; take
+    # up to 16 sub-quantizers of at least 4 dims instead (64 -> 16).
+    small = [m for m in GPU_PQ_M if dim % m == 0 and dim // m >= 4 and m <= 16]
+    return max(small or fits or [m for m in GPU_PQ_M if dim % m == 0])
 
 
-def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int = 50_000) -> AnnParams:
-    """ANN parameters for ``n`` vectors of ``dim`` dimensions.
+def choose_nlist(n: int) -> int:
+    """IVF cells for ``n`` vectors: the power of two nearest sqrt(n), at most n/39.
 
-    - flat below ``flat_threshold``: exact search is fast enough there and needs no training;
-    - nlist ≈ 4·sqrt(n) (txtai/FAISS guidance), at most n/39 (FAISS wants ≥ 39
-      training points per cell), rounded to a power of two, capped at 65536;
-    - training sample: 64 points per cell, at least 256·39 for the 256-centroid
-      PQ codebooks, at most n — enough for stable centroids without making
-      training the bottleneck;
-    - nprobe: nlist/16 (at least 8): with an exact rerank over ×k candidates this
-      gives ≥ 0.95 top-10 agreement on clustered data (BENCHMARKS.md).
+    sqrt(n) balances the two halves of a query's cost (scanning nlist
+    centroids vs. scanning the nprobe lists of ~n/nlist codes each) and, with
+    64 training points per cell, keeps training at ~64·sqrt(n) points (65k at
+    1M: a few minutes on 2 cores, about the time the adds take). txtai's
+    4·sqrt(n) would quadruple training for little recall once an exact rerank
+    follows. The n/39 cap keeps ≥ 39 points per centroid (FAISS's minimum).
+    Capped at 65536 cells.
     """
+    raw = max(1.0, math.sqrt(max(n, 1)))
+    nlist = 2 ** max(0, round(math.log2(raw)))
+    while nlist > 1 and nlist * MIN_POINTS_PER_CENTROID > n:
+        nlist //= 2
+    return min(nlist, 65536)
+
+
+def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | None = None,
+                  nlist: int | None = None) -> AnnParams:
+    """ANN parameters for ``n`` vectors of ``dim`` dimensions (``kind``: auto, flat, ivfpq).
+
+    - kind: flat below ``flat_threshold`` (``FLAT_THRESHOLD``), IVF-PQ above;
+    - nlist: :func:`choose_nlist` (``nlist`` overrides it, e.g. for small test corpora);
+    - m: :func:`choose_m`; nbits: 8, the only value classic GPU IVF-PQ accepts;
+    - train_size: 64 points per cell, at least 256·39 for the PQ codebooks,
+      at most n — good centroids without training dominating the build;
+    - nprobe: nlist/8, at least 16 (all cells if fewer): a query's true
+      neighbours straddle cell borders, and the exact rerank can only restore
+      what the visited lists hold. nlist/16 gave 0.80 top-10 agreement on the
+      100k clustered benchmark and 93/100 on the tiny-model test corpus;
+      nlist/8 visits 12.5% of the lists (bench/sections/storage.md has the
+      curve; ``nprobe=`` at search time trades it for latency).
+
+    >>> choose_params(1_000_000, 1792)
+    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=64, nbits=8, nprobe=128, train_size=65536, metric='ip')
+    """
+    threshold = FLAT_THRESHOLD if flat_threshold is None else flat_threshold
     if kind == "auto":
-        kind = "flat" if n < flat_threshold else "ivfpq"
+        kind = "flat" if n < threshold else "ivfpq"
     if kind == "flat":
         return AnnParams(kind="flat", dim=dim)
     if kind != "ivfpq":
         raise ValueError(f"ann kind must be auto, flat or ivfpq, got {kind!r}")
-    raw = max(min(4 * math.sqrt(max(n, 1)), n / 39), 1)
-    nlist = min(65536, 2 ** max(0, round(math.log2(raw))))
-    while nlist > 1 and nlist * 39 > n:
-        nlist //= 2
-    train_size = min(n, max(nlist * 64, 256 * 39))
-    nprobe = min(nlist, max(8, nlist // 16))
-    return AnnParams(kind="ivfpq", dim=dim, nlist=nlist, m=choose_m(dim), nbits=8, nprobe=nprobe,
+    if 0 < n < PQ_MIN_POINTS:
+        # PQ codebooks have 256 centroids each: FAISS cannot train them on fewer
+        # points, and exact search over so few vectors is instant anyway.
+        log.warning("%d vectors are too few to train IVF-PQ (needs %d): using exact flat search", n, PQ_MIN_POINTS)
+        return AnnParams(kind="flat", dim=dim)
+    cells = int(nlist) if nlist else choose_nlist(n)
+    if cells < 1:
+        raise ValueError(f"nlist must be at least 1, got {nlist}")
+    train_size = min(max(n, 1), max(cells * TRAIN_POINTS_PER_CELL, PQ_MIN_TRAIN))
+    nprobe = min(cells, max(16, cells // 8))
+    return AnnParams(kind="ivfpq", dim=dim, nlist=cells, m=choose_m(dim), nbits=8, nprobe=nprobe,
                      train_size=train_size)
 
 
@@ -100,12 +170,24 @@ def _faiss():
     return faiss
 
 
+def gpu_count() -> int:
+    """GPUs the installed FAISS can use (0 with faiss-cpu); ``MITSUKE_NO_GPU=1`` forces 0."""
+    if os.environ.get("MITSUKE_NO_GPU"):
+        return 0
+    faiss = _faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
 class AnnIndex:
     """A FAISS index keyed by int64 chunk ids."""
 
     def __init__(self, index, params: AnnParams) -> None:
-        self.index = index
+        self.index = index  # always the CPU index
         self.params = params
+        self._gpu = None  # a GPU clone for searching, dropped whenever the CPU index changes
+        self._gpu_res = None
+        self._gpu_failed = False
 
     @classmethod
     def create(cls, params: AnnParams) -> "AnnIndex":
@@ -113,6 +195,8 @@ class AnnIndex:
         if params.kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(params.dim))
         else:
+            if params.dim % params.m:
+                raise ValueError(f"m={params.m} does not divide dim={params.dim}")
             quantizer = faiss.IndexFlatIP(params.dim)
             index = faiss.IndexIVFPQ(quantizer, params.dim, params.nlist, params.m, params.nbits,
                                      faiss.METRIC_INNER_PRODUCT)
@@ -127,50 +211,121 @@ class AnnIndex:
     def is_trained(self) -> bool:
         return bool(self.index.is_trained)
 
+    # ------------------------------------------------------------------ GPU
+    def _to_gpu(self, index):
+        """``index`` cloned to GPU 0 with the cloner options its parameters need, or None."""
+        if self._gpu_failed or gpu_count() == 0:
+            return None
+        faiss = _faiss()
+        try:
+            if self._gpu_res is None:
+                self._gpu_res = faiss.StandardGpuResources()
+            co = faiss.GpuClonerOptions()
+            co.useFloat16 = gpu_cloner_settings(self.params)["useFloat16"]
+            return faiss.index_cpu_to_gpu(self._gpu_res, 0, index, co)
+        except Exception as exc:  # an old card or an unsupported layout: the CPU still works
+            log.warning("could not move the %s index to the GPU (%s); staying on the CPU", self.params.kind, exc)
+            self._gpu_failed = True  # say it once, not on every search
+            return None
+
+    def _changed(self) -> None:
+        self._gpu = None
+
+    # ------------------------------------------------------------------ building
     def train(self, vectors: np.ndarray) -> None:
         if self.is_trained:
             return
         x = np.ascontiguousarray(vectors, dtype=np.float32)
-        log.info("training %s index on %d vectors", self.params.kind, len(x))
-        self.index.train(x)
+        gpu = self._to_gpu(self.index)
+        log.info("training %s index on %d vectors%s", self.params.kind, len(x), " on the GPU" if gpu else "")
+        if gpu is not None:
+            gpu.train(x)
+            self.index = _faiss().index_gpu_to_cpu(gpu)
+            self.index.nprobe = self.params.nprobe
+        else:
+            self.index.train(x)
+        self._changed()
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
                                 np.ascontiguousarray(ids, dtype=np.int64))
+        self._changed()
+
+    def add_bulk(self, blocks) -> None:
+        """Add many ``(ids, vectors)`` blocks; on a GPU the encoding runs there, then comes back."""
+        gpu = self._to_gpu(self.index) if self.params.kind == "ivfpq" else None
+        target = gpu if gpu is not None else self.index
+        for ids, vecs in blocks:
+            if len(ids):
+                target.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32),
+                                    np.ascontiguousarray(ids, dtype=np.int64))
+        if gpu is not None:
+            self.index = _faiss().index_gpu_to_cpu(gpu)
+            self.index.nprobe = self.params.nprobe
+        self._changed()
 
     def remove(self, ids) -> int:
         ids = np.ascontiguousarray(np.asarray(list(ids), dtype=np.int64))
         if ids.size == 0 or self.ntotal == 0:
             return 0
-        return int(self.index.remove_ids(_faiss().IDSelectorBatch(ids)))
+        removed = int(self.index.remove_ids(_faiss().IDSelectorBatch(ids)))
+        if removed:
+            self._changed()
+        return removed
 
+    def empty_like(self) -> "AnnIndex":
+        """An empty index with the same trained quantizer and codebooks (no retraining)."""
+        index = _faiss().clone_index(self.index)
+        index.reset()
+        return AnnIndex(index, self.params)
+
+    # ------------------------------------------------------------------ searching
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0 or k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         k = min(k, self.ntotal)
+        if self._gpu is None and gpu_count():
+            self._gpu = self._to_gpu(self.index)
+        index = self._gpu if self._gpu is not None else self.index
         if self.params.kind == "ivfpq":
-            params = _faiss().SearchParametersIVF(nprobe=int(nprobe or self.params.nprobe))
-            scores, ids = self.index.search(q, k, params=params)
-        else:
-            scores, ids = self.index.search(q, k)
-        return scores, ids
+            probe = int(nprobe or self.params.nprobe)
+            if self._gpu is not None:
+                # GPU indexes take nprobe as an attribute, not as SearchParameters.
+                index.nprobe = probe
+                return index.search(q, k)
+            return index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=probe))
+        return index.search(q, k)
 
+    # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
-        """Write atomically: temp file, fsync, replace (invariant 4)."""
+        """Write the CPU index atomically: temp file, fsync, replace (invariant 4)."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         _faiss().write_index(self.index, str(tmp))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        fault_point("ann_written")  # a kill here leaves a temp file and the old ann.faiss
         os.replace(tmp, path)
         fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: str | Path, params: AnnParams) -> "AnnIndex":
-        index = _faiss().read_index(str(path))
+        """Read ``path`` through FAISS and check it is the index ``params`` describe."""
+        faiss = _faiss()
+        index = faiss.read_index(str(path))  # returns the concrete class; downcasting again would free it
         if index.d != params.dim:
             raise ValueError(f"{path}: dimension {index.d} does not match the manifest's {params.dim}")
+        if params.kind == "flat":
+            ok = isinstance(index, faiss.IndexIDMap2)
+        else:
+            ok = (isinstance(index, faiss.IndexIVFPQ) and index.nlist == params.nlist and index.pq.M == params.m
+                  and index.pq.nbits == params.nbits)
+        if not ok:
+            # e.g. a kill between saving a re-sized index and writing the manifest
+            raise ValueError(f"{path}: holds a {type(index).__name__}, the manifest describes {params}")
+        if params.kind == "ivfpq":
+            index.nprobe = params.nprobe
         return cls(index, params)

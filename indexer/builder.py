@@ -1,20 +1,37 @@
 """IndexBuilder: add, update, skip and delete documents with crash-safe commits.
 
 Write order for every batch (DESIGN.md invariants 1, 3, 6):
-1. embed the batch's chunks;
-2. append their vectors to ``vectors.f16`` past the committed rows and fsync;
-3. one SQLite transaction: replaced documents deleted, documents, chunks and
-   FTS5 terms inserted, ``vector_rows`` and ``generation`` advanced;
-4. the in-memory ANN index updated; it is saved (atomically) at close and every
-   ``ann_save_seconds``, and caught up from ``vectors.f16`` by the next opener
-   if the process dies first.
+1. embed the batch's chunks (nothing on disk changes);
+2. in one SQLite write transaction (BEGIN IMMEDIATE): append their vectors to
+   ``vectors.f16`` past the committed rows and fsync, then delete replaced
+   documents, insert documents, chunks and FTS5 terms, advance
+   ``vector_rows`` and ``generation``, commit. A kill before the commit
+   leaves only garbage rows past ``vector_rows``: the next writer truncates them;
+3. the in-memory ANN index is updated; it is saved (atomically) at close and
+   every ``ann_save_seconds``, then the manifest records its generation. A
+   kill before that leaves an older ``ann.faiss`` that the next opener
+   catches up from ``vectors.f16`` (idempotently: ids are removed before they
+   are re-added).
+
+Compaction (when more than ``compact_ratio`` of the rows are dead):
+1. copy the live rows, in row order, to ``vectors.f16.compact-E`` and fsync;
+2. hard-link the current file as ``vectors.f16.epoch-(E-1)`` for readers
+   whose snapshot is older;
+3. one SQLite transaction: every chunk's new ``vector_row``, ``vector_rows``,
+   ``vectors_epoch`` = E, deletions up to now forgotten (``deleted_floor``);
+4. rename ``compact-E`` over ``vectors.f16``;
+5. rebuild the ANN index from the new file and save it.
+A kill before 3 leaves an uncommitted ``compact-E`` that the next writer
+deletes; after 3, the next writer (or any reader) uses ``compact-E`` until
+the rename is finished.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +43,7 @@ from indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
 from indexer.errors import IndexFormatError, ModelMismatchError
 from indexer.japanese import lexical_terms
 from indexer.loaders import Document, LoadFailure, iter_documents
-from indexer.manifest import WriterLock, read_manifest, write_manifest
+from indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
 from indexer.recovery import load_ann, rebuild_ann
 from indexer.store import MetadataStore
 from indexer.vectors import VectorStore
@@ -88,7 +105,8 @@ class IndexBuilder:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], embedder, lock: WriterLock, *,
-                 batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0) -> None:
+                 batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0,
+                 compact_ratio: float = 0.25, compact_min_rows: int = 1024) -> None:
         self.path = path
         self.manifest = manifest
         self.embedder = embedder
@@ -102,6 +120,11 @@ class IndexBuilder:
         self.batch_docs = batch_docs
         self.batch_chunks = batch_chunks
         self.ann_save_seconds = ann_save_seconds
+        # Compact vectors.f16 when more than this share of its rows is dead (and
+        # at least compact_min_rows are): a quarter wasted is where the copy
+        # starts paying for itself in disk and page cache.
+        self.compact_ratio = compact_ratio
+        self.compact_min_rows = compact_min_rows
         self.summary = IndexSummary()
         self.on_progress: Callable[[str, int], None] | None = None
         self._pending: list[_Pending] = []
@@ -113,10 +136,13 @@ class IndexBuilder:
             self._known = self.store.document_hashes(conn)
             self.generation = self.store.generation(conn)
             committed_rows = self.store.vector_rows(conn)
+            epoch = self.store.vectors_epoch(conn)
         self.ann: AnnIndex | None = None
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
+        _remove_temp_files(path)
         if self.vectors is not None:
+            self.vectors.tidy(epoch)
             if self.vectors.rows_on_disk != committed_rows:
                 log.info("reclaiming %d uncommitted vector rows", self.vectors.rows_on_disk - committed_rows)
             self.vectors.truncate(committed_rows)
@@ -181,6 +207,9 @@ class IndexBuilder:
                     "generation": 0,
                     "counts": {"documents": 0, "chunks": 0},
                 }
+                # Written before meta.sqlite exists: a kill during the first
+                # run must leave an index that opens (invariant 6).
+                write_manifest(path, manifest)
             elif ann is not None:
                 manifest["ann_config"] = ann.__dict__.copy()
             return cls(path, manifest, embedder, lock, **kwargs)
@@ -212,7 +241,10 @@ class IndexBuilder:
         try:
             if commit:
                 self.flush()
+            else:  # an error mid-run: what was not committed stays uncommitted
+                self._pending, self._pending_chunks = [], 0
             if self.vectors is not None:
+                self.maybe_compact()
                 self._maybe_switch_ann()
                 if self._ann_dirty:
                     self._save_ann()
@@ -272,16 +304,18 @@ class IndexBuilder:
             self.flush()
 
     def delete(self, keys: Iterable[str]) -> int:
-        """Delete documents by key; returns how many existed."""
+        """Delete documents by key (their chunks leave SQLite, FTS5 and the ANN index); returns how many existed."""
         self.flush()
-        ids = [self._known[k][0] for k in keys if k in self._known]
-        if not ids:
-            return 0
-        self._commit([], delete_doc_ids=ids)
-        for k in [k for k in keys if k in self._known]:
-            del self._known[k]
-        self.summary.deleted += len(ids)
-        return len(ids)
+        keys = [k for k in dict.fromkeys(keys) if k in self._known]
+        total = 0
+        for i in range(0, len(keys), max(self.batch_docs, 1) * 16):
+            part = keys[i:i + max(self.batch_docs, 1) * 16]
+            self._commit([], delete_doc_ids=[self._known[k][0] for k in part])
+            for k in part:
+                del self._known[k]
+            self.summary.deleted += len(part)
+            total += len(part)
+        return total
 
     def prune(self) -> int:
         """Delete every document not seen in this run (the index mirrors the inputs)."""
@@ -301,6 +335,7 @@ class IndexBuilder:
                  for p in pending for c in p.chunks]
         vecs = None
         if self.embedder is not None and texts:
+            _record_embedding(pending)
             vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
         terms = [" ".join(lexical_terms(c.text)) for p in pending for c in p.chunks]
         generation = self.generation + 1
@@ -309,6 +344,7 @@ class IndexBuilder:
             if vecs is not None:
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
                 self.vectors.append(vecs, first_row)
+                fault_point("vectors_appended")
             replaced = [p.old_doc_id for p in pending if p.old_doc_id is not None]
             removed = self.store.delete_documents(conn, list(delete_doc_ids) + replaced, generation)
             next_id = self.store.next_chunk_id(conn)
@@ -334,6 +370,8 @@ class IndexBuilder:
             if vecs is not None:
                 self.store.set_state(conn, "vector_rows", first_row + len(vecs))
             self.store.set_state(conn, "generation", generation)
+            fault_point("before_commit")
+        fault_point("after_commit")
         self.generation = generation
         for p in pending:
             if p.old_doc_id is None:
@@ -363,11 +401,59 @@ class IndexBuilder:
         if time.monotonic() - self._last_ann_save > self.ann_save_seconds:
             self._save_ann()
 
+    # ------------------------------------------------------------------ compaction
+    def maybe_compact(self, force: bool = False) -> bool:
+        """Compact ``vectors.f16`` if enough of it is dead (or ``force``); returns whether it did."""
+        if self.vectors is None:
+            return False
+        self.flush()
+        with self.store.engine.begin() as conn:
+            dead = self.store.dead_vector_rows(conn)
+            total = self.store.vector_rows(conn)
+        if dead == 0 or not force and (dead < self.compact_min_rows or dead <= self.compact_ratio * total):
+            return False
+        self.compact()
+        return True
+
+    def compact(self) -> None:
+        """Rewrite ``vectors.f16`` with live rows only and rebuild the ANN index from it (no re-embedding).
+
+        See the module docstring for the order of steps and what a kill at each one leaves.
+        """
+        with self.store.engine.begin() as conn:
+            live = self.store.live_vectors(conn, by_row=True)
+            epoch = self.store.vectors_epoch(conn) + 1
+            before = self.store.vector_rows(conn)
+        ids = np.array([c for c, _ in live], dtype=np.int64)
+        old_rows = np.array([r for _, r in live], dtype=np.int64)
+        log.info("compacting %s: %d live of %d rows (epoch %d)", VECTORS_FILE, len(live), before, epoch)
+        self.vectors.write_compacted(old_rows, epoch)
+        fault_point("compact_written")
+        self.vectors.retire(epoch - 1)
+        with self.store.engine.begin() as conn:
+            self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
+            self.store.set_state(conn, "vector_rows", len(ids))
+            self.store.set_state(conn, "vectors_epoch", epoch)
+            self.store.prune_deleted(conn, self.generation)
+            fault_point("compact_before_commit")
+        fault_point("compact_committed")
+        self.vectors.install(epoch)
+        self.vectors.tidy(epoch)
+        # The ANN index holds ids, not rows, so it is still right; it is rebuilt
+        # anyway (reusing its training) so a long-lived index sheds the
+        # imbalance that many removals leave in the inverted lists.
+        if self.ann is not None:
+            with self.store.engine.begin() as conn:
+                self.ann = rebuild_ann(self.store, conn, self.vectors, self.ann.params, trained=self.ann)
+            self._save_ann()
+
+    # ------------------------------------------------------------------ ANN choice
     def _maybe_switch_ann(self) -> None:
         """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
         with self.store.engine.begin() as conn:
             n = self.store.counts(conn)["chunks"]
-            wanted = choose_params(n, self.dim, self.ann_config.kind, self.ann_config.flat_threshold)
+            wanted = choose_params(n, self.dim, self.ann_config.kind, self.ann_config.flat_threshold,
+                                   nlist=self.ann_config.nlist)
             current = self.ann.params if self.ann is not None else None
             # Re-train IVF-PQ only when the collection grew or shrank 4x past its sizing.
             grew = current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq" and (
@@ -381,6 +467,7 @@ class IndexBuilder:
         if self.ann is None:
             return
         self.ann.save(self.path / ANN_FILE)
+        fault_point("ann_saved")  # ann.faiss is newer than the manifest says: caught up idempotently
         self.manifest["ann"] = {"params": self.ann.params.to_dict(), "generation": self.generation}
         self._write_manifest()
         self._ann_dirty = False
@@ -392,6 +479,27 @@ class IndexBuilder:
         self.manifest["generation"] = self.generation
         self.manifest["counts"] = counts
         write_manifest(self.path, self.manifest)
+
+
+def _remove_temp_files(path: Path) -> None:
+    """Temp files of an atomic replace that a killed writer never renamed."""
+    for tmp in path.glob(".*.tmp"):
+        log.info("removing %s left by an interrupted write", tmp.name)
+        tmp.unlink(missing_ok=True)
+
+
+def _record_embedding(pending: list[_Pending]) -> None:
+    """Test hook: ``MITSUKE_TEST_EMBED_LOG=FILE`` appends ``key<TAB>hash`` per document about to be embedded.
+
+    The crash tests use it to prove that no committed document is embedded again.
+    """
+    target = os.environ.get("MITSUKE_TEST_EMBED_LOG")
+    if not target:
+        return
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.writelines(f"{p.doc.key}\t{p.doc.content_hash}\n" for p in pending)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _document_from_dict(obj: dict[str, Any]) -> Document | LoadFailure:

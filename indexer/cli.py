@@ -76,13 +76,19 @@ def cli(verbose: int) -> None:
 @click.option("--overlap", type=int, default=None, help="Overlap between chunks, same unit as the budget (new index only).")
 @click.option("--ann", type=click.Choice(["auto", "flat", "ivfpq"]), default=None,
               help="ANN index kind: auto (flat below 50k vectors, IVF-PQ above), flat or ivfpq.")
+@click.option("--nlist", type=click.IntRange(min=1), default=None,
+              help="IVF cells for --ann ivfpq (default: derived from the number of vectors, see indexer.ann).")
+@click.option("--batch-docs", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Documents per commit: progress of an interrupted run survives in steps of this size.")
+@click.option("--compact-min-rows", type=click.IntRange(min=0), default=1024, hidden=True,
+              help="Dead vector rows needed before compaction (tests lower it).")
 @click.option("--device", default="auto", show_default=True, help="Embedding device: auto, cpu, cuda, cuda:1...")
 @click.option("--dtype", default="auto", show_default=True,
               help="Embedding dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          device, dtype, trust_remote_code, as_json):
+          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -107,8 +113,9 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
             raise click.UsageError(str(exc)) from None
     embed = EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     started = time.monotonic()
-    builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=AnnConfig(kind=ann) if ann else None,
-                                embed=embed)
+    ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
+    builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
+                                batch_docs=batch_docs, compact_min_rows=compact_min_rows)
     if builder.embedder is not None and not as_json:
         click.echo(f"embedding with {builder.embedder.info.name} on {builder.embedder.device} "
                    f"({builder.embedder.dtype_name})", err=True)

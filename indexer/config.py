@@ -50,14 +50,21 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """ANN kind: ``auto`` uses exact flat search below ``flat_threshold`` vectors."""
+    """ANN kind: ``auto`` uses exact flat search below ``flat_threshold`` vectors.
+
+    ``nlist`` fixes the number of IVF cells instead of deriving it from the
+    count (indexer.ann.choose_nlist); small test corpora use it.
+    """
 
     kind: str = "auto"
     flat_threshold: int = 50_000
+    nlist: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivfpq"):
             raise ValueError(f"ann kind must be auto, flat or ivfpq, got {self.kind!r}")
+        if self.nlist is not None and self.nlist < 1:
+            raise ValueError(f"nlist must be at least 1, got {self.nlist}")
 
 
 @dataclass(frozen=True)

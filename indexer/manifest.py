@@ -11,11 +11,42 @@ from typing import Any
 
 from indexer.errors import IndexFormatError, LockedError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "read_manifest", "write_manifest", "atomic_write_bytes", "fsync_dir", "WriterLock"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "read_manifest", "write_manifest", "atomic_write_bytes", "fsync_dir",
+           "WriterLock", "fault_point"]
 
 FORMAT = "mitsuke-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A named moment of the write path where the crash tests can kill or stall the process.
+
+    ``MITSUKE_TEST_KILL_AT=name[:n]`` sends SIGKILL to this process the n-th
+    time (default 1st) ``name`` is reached; ``MITSUKE_TEST_SLEEP=name:seconds[,...]``
+    sleeps there, widening the window for a kill from outside. Unset (always,
+    outside tests) this is one dictionary lookup.
+    """
+    kill_at = os.environ.get("MITSUKE_TEST_KILL_AT")
+    sleep_at = os.environ.get("MITSUKE_TEST_SLEEP")
+    if not kill_at and not sleep_at:
+        return
+    hits = _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    for item in (sleep_at or "").split(","):
+        point, _, secs = item.rpartition(":")
+        if point == name:
+            time.sleep(float(secs or 0.1))
+    if kill_at:
+        point, _, nth = kill_at.rpartition(":")
+        if not nth.isdigit():  # names may hold colons (before_replace:manifest.json); the count is optional
+            point, nth = kill_at, "1"
+        if point == name and hits == int(nth):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -34,6 +65,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+    fault_point("before_replace:" + path.name)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

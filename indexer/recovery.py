@@ -33,23 +33,45 @@ def _sample_rows(rows: np.ndarray, size: int) -> np.ndarray:
     return np.sort(rng.choice(rows, size=size, replace=False))
 
 
-def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams) -> AnnIndex:
-    """A fresh ANN index over every live chunk, trained on a sample of stored vectors."""
+def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams,
+                trained: AnnIndex | None = None) -> AnnIndex:
+    """A fresh ANN index over every live chunk.
+
+    IVF-PQ is trained on a seeded sample of ``params.train_size`` stored
+    vectors, unless ``trained`` (an index with the same parameters) lends its
+    quantizer and codebooks, which skips training.
+    """
     live = store.live_vectors(conn)
-    ann = AnnIndex.create(params)
+    if trained is not None and trained.params == params and trained.is_trained:
+        ann = trained.empty_like()
+    else:
+        ann = AnnIndex.create(params)
     if not live:
         return ann
     ids = np.array([c for c, _ in live], dtype=np.int64)
     rows = np.array([r for _, r in live], dtype=np.int64)
     if not ann.is_trained:
         ann.train(vectors.read(_sample_rows(rows, max(params.train_size, 1))))
-    for i in range(0, len(ids), _ADD_BATCH):
-        ann.add(ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
+    ann.add_bulk((ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
+                 for i in range(0, len(ids), _ADD_BATCH))
     return ann
 
 
 def catch_up_ann(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors: VectorStore,
                  since_generation: int) -> None:
+    """Replay, in place, the chunks added and deleted after ``since_generation``.
+
+    A compaction forgets deletions up to its generation (``deleted_floor``);
+    an index older than that is refilled from stored vectors instead, keeping
+    its trained quantizer.
+    """
+    if since_generation < store.deleted_floor(conn):
+        log.info("ANN index at generation %d predates the last compaction: refilling it from stored vectors",
+                 since_generation)
+        fresh = rebuild_ann(store, conn, vectors, ann.params, trained=ann)
+        ann.index = fresh.index
+        ann._changed()
+        return
     deleted = store.deleted_since(conn, since_generation)
     added = store.live_vectors(conn, min_generation=since_generation)
     ann.remove(deleted + [c for c, _ in added])

@@ -97,6 +97,11 @@ class ChunkRow:
 
 
 def _on_connect(dbapi_conn, _record) -> None:
+    # pysqlite issues BEGIN only before DML, so the SELECTs of one search
+    # would each see a different commit. Take transaction control away from
+    # it; SQLAlchemy's "begin" event (below) opens a real transaction, and
+    # in WAL mode that is one consistent snapshot for the whole block.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
@@ -115,9 +120,17 @@ class MetadataStore:
         url = f"sqlite:///{self.path}"
         self.engine: Engine = create_engine(url, future=True)
         event.listen(self.engine, "connect", _on_connect)
+        # The writer takes the write lock up front (IMMEDIATE): a deferred
+        # transaction that reads first and writes later could find its
+        # snapshot outdated. Readers' deferred BEGIN pins a snapshot at the
+        # first SELECT.
+        begin_sql = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+        event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
         if not readonly:
+            with self.engine.connect() as conn:
+                # journal_mode cannot change inside a transaction: run it on the raw connection.
+                conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
             with self.engine.begin() as conn:
-                conn.execute(text("PRAGMA journal_mode=WAL"))
                 self._migrate(conn)
 
     def close(self) -> None:
@@ -146,6 +159,19 @@ class MetadataStore:
 
     def vector_rows(self, conn: Connection) -> int:
         return int(self.get_state(conn, "vector_rows", "0"))
+
+    def vectors_epoch(self, conn: Connection) -> int:
+        """How many compactions renumbered ``vectors.f16`` (see indexer.vectors)."""
+        return int(self.get_state(conn, "vectors_epoch", "0"))
+
+    def deleted_floor(self, conn: Connection) -> int:
+        """Generation up to which ``deleted_chunks`` was pruned: older ANN indexes cannot be caught up."""
+        return int(self.get_state(conn, "deleted_floor", "0"))
+
+    def dead_vector_rows(self, conn: Connection) -> int:
+        """Committed rows of ``vectors.f16`` that no chunk refers to any more."""
+        live = conn.execute(select(func.count()).select_from(chunks).where(chunks.c.vector_row.is_not(None)))
+        return self.vector_rows(conn) - int(live.scalar() or 0)
 
     def next_chunk_id(self, conn: Connection) -> int:
         seq = conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'")).scalar()
@@ -191,12 +217,26 @@ class MetadataStore:
             "chunks": conn.execute(select(func.count()).select_from(chunks)).scalar() or 0,
         }
 
-    def live_vectors(self, conn: Connection, min_generation: int = 0) -> list[tuple[int, int]]:
-        """(chunk id, vector row) of live chunks added after ``min_generation``."""
+    def live_vectors(self, conn: Connection, min_generation: int = 0, *, by_row: bool = False
+                     ) -> list[tuple[int, int]]:
+        """(chunk id, vector row) of live chunks added after ``min_generation``, by id (or by row)."""
         q = select(chunks.c.id, chunks.c.vector_row).where(chunks.c.vector_row.is_not(None))
         if min_generation:
             q = q.where(chunks.c.generation > min_generation)
-        return [(int(a), int(b)) for a, b in conn.execute(q.order_by(chunks.c.id))]
+        q = q.order_by(chunks.c.vector_row if by_row else chunks.c.id)
+        return [(int(a), int(b)) for a, b in conn.execute(q)]
+
+    def renumber_vectors(self, conn: Connection, ids: Sequence[int], new_rows: Sequence[int]) -> None:
+        """Point chunk ``ids[i]`` at row ``new_rows[i]`` (compaction; one transaction with the epoch change)."""
+        if len(ids) == 0:
+            return
+        conn.exec_driver_sql("UPDATE chunks SET vector_row = ? WHERE id = ?",
+                             [(int(r), int(i)) for i, r in zip(ids, new_rows)])
+
+    def prune_deleted(self, conn: Connection, upto_generation: int) -> None:
+        """Forget deletions up to ``upto_generation`` once every ANN index is rebuilt past it."""
+        conn.execute(deleted_chunks.delete().where(deleted_chunks.c.generation <= upto_generation))
+        self.set_state(conn, "deleted_floor", upto_generation)
 
     def deleted_since(self, conn: Connection, generation: int) -> list[int]:
         q = select(deleted_chunks.c.chunk_id).where(deleted_chunks.c.generation > generation)

@@ -3,18 +3,54 @@
 Row ``r`` of ``vectors.f16`` is the vector of the chunk whose ``vector_row`` is
 ``r``. Rows past the count committed in SQLite are garbage from an interrupted
 write; the next writer truncates them (invariant 1).
+
+Compaction (dropping the rows of deleted chunks) renumbers rows, so the file
+has an *epoch*, recorded in SQLite's ``state`` next to the row numbers that
+refer to it. While an epoch change is in flight three names can hold rows:
+
+``vectors.f16``                the current file;
+``vectors.f16.compact-E``      epoch E written, committed or not, not yet renamed;
+``vectors.f16.epoch-E``        a hard link to the retired epoch-E file, kept one
+                               compaction long for readers whose snapshot is at E.
+
+A reader whose SQLite snapshot says epoch E opens the file of epoch E with
+:meth:`VectorStore.bind` (see ``_open_epoch`` for why that is race-free).
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VectorStore"]
+from indexer.manifest import fault_point, fsync_dir
+
+__all__ = ["VectorStore", "compact_path", "retired_path"]
+
+log = logging.getLogger("mitsuke")
+
+
+def compact_path(path: Path, epoch: int) -> Path:
+    """Where compaction writes the rows of ``epoch`` before they become ``vectors.f16``."""
+    return path.with_name(f"{path.name}.compact-{epoch}")
+
+
+def retired_path(path: Path, epoch: int) -> Path:
+    """The hard link that keeps the file of a retired ``epoch`` readable for a while."""
+    return path.with_name(f"{path.name}.epoch-{epoch}")
 
 
 class VectorStore:
+    """float16 ``[rows, dim]`` rows; the writer appends, readers memory-map.
+
+    >>> vs = VectorStore("idx/vectors.f16", 384)             # doctest: +SKIP
+    >>> vs.append(np.eye(2, 384, dtype=np.float32), at_row=0)  # doctest: +SKIP
+    >>> vs.read([1])                                        # doctest: +SKIP
+    """
+
     def __init__(self, path: str | Path, dim: int) -> None:
         if dim <= 0:
             raise ValueError(f"vector dimension must be positive, got {dim}")
@@ -23,7 +59,10 @@ class VectorStore:
         self.row_bytes = dim * 2
         self._map: np.memmap | None = None
         self._map_rows = 0
+        self.epoch: int | None = None  # None: always the current file (the writer)
+        self._bind_lock = threading.Lock()
 
+    # ------------------------------------------------------------------ writer side
     @property
     def rows_on_disk(self) -> int:
         try:
@@ -47,19 +86,116 @@ class VectorStore:
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
         data = vectors.astype(np.float16).tobytes()
+        half = (len(vectors) // 2) * self.row_bytes
         with open(self.path, "r+b" if self.path.exists() else "w+b") as fh:
             fh.seek(at_row * self.row_bytes)
-            fh.write(data)
+            fh.write(data[:half])
+            fh.flush()
+            fault_point("vectors_half_written")  # a kill here leaves a torn, uncommitted tail
+            fh.write(data[half:])
             fh.flush()
             os.fsync(fh.fileno())
         return at_row
 
+    def write_compacted(self, rows: np.ndarray, epoch: int, batch: int = 65536) -> Path:
+        """Copy ``rows`` (in that order) into the epoch-``epoch`` file; fsync it; return its path.
+
+        The copy goes through the current file's memmap in batches, so memory
+        stays bounded whatever the index size.
+        """
+        target = compact_path(self.path, epoch)
+        rows = np.asarray(rows, dtype=np.int64)
+        with open(target, "wb") as fh:
+            for i in range(0, len(rows), batch):
+                fh.write(np.ascontiguousarray(self._mapped(int(rows[i:i + batch].max()) + 1)[rows[i:i + batch]])
+                         .tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(self.path.parent)
+        return target
+
+    def retire(self, epoch: int) -> None:
+        """Keep the current file readable as ``epoch-<epoch>`` (a hard link: no copy)."""
+        link = retired_path(self.path, epoch)
+        link.unlink(missing_ok=True)
+        if self.path.exists():
+            os.link(self.path, link)
+        fsync_dir(self.path.parent)
+
+    def install(self, epoch: int) -> None:
+        """Make the committed epoch-``epoch`` file the current one (atomic rename)."""
+        self.close()
+        os.replace(compact_path(self.path, epoch), self.path)
+        fsync_dir(self.path.parent)
+
+    def tidy(self, epoch: int) -> None:
+        """Writer open: settle the files around the committed ``epoch``.
+
+        A committed compaction that was not renamed yet is installed; an
+        uncommitted one is deleted; retired files older than ``epoch - 1`` are
+        dropped (a reader's snapshot does not live through two compactions).
+        """
+        pending = compact_path(self.path, epoch)
+        if pending.exists():
+            log.info("finishing the interrupted compaction of %s (epoch %d)", self.path.name, epoch)
+            self.install(epoch)
+        for p in self.path.parent.glob(self.path.name + ".*"):
+            kind, _, num = p.name[len(self.path.name) + 1:].partition("-")
+            if not num.isdigit():
+                continue
+            stale = (kind == "compact" and int(num) != epoch) or (kind == "epoch" and int(num) < epoch - 1)
+            if stale:
+                log.info("removing stale %s", p.name)
+                p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ reader side
+    def bind(self, epoch: int) -> None:
+        """Read rows numbered as in ``epoch`` (the epoch of the caller's SQLite snapshot)."""
+        with self._bind_lock:
+            if self.epoch != epoch:
+                self.close()
+                self.epoch = epoch
+
+    def _open_epoch(self, epoch: int):
+        """An open file holding epoch ``epoch``'s rows.
+
+        A pending ``compact-E`` file is epoch E; a retired ``epoch-E`` link is
+        epoch E; otherwise ``vectors.f16`` is — unless a newer compaction
+        replaced it while we opened it. That compaction links ``epoch-E``
+        before it commits, so checking for the link *after* opening tells:
+        if it appeared, look again.
+        """
+        pending, retired = compact_path(self.path, epoch), retired_path(self.path, epoch)
+        for _ in range(10):
+            for candidate in (pending, retired):
+                try:
+                    return open(candidate, "rb")
+                except FileNotFoundError:
+                    pass
+            try:
+                fh = open(self.path, "rb")
+            except FileNotFoundError:
+                continue
+            if not retired.exists() and not pending.exists():
+                return fh
+            fh.close()
+        raise FileNotFoundError(f"no vectors file for epoch {epoch} in {self.path.parent}")
+
     def _mapped(self, need_rows: int) -> np.memmap:
         if self._map is None or self._map_rows < need_rows:
-            rows = self.rows_on_disk
-            if rows < need_rows:
-                raise IndexError(f"{self.path} holds {rows} rows, row {need_rows - 1} was asked for")
-            self._map = np.memmap(self.path, dtype=np.float16, mode="r", shape=(rows, self.dim))
+            if self.epoch is None:
+                try:
+                    fh = open(self.path, "rb")
+                except FileNotFoundError:
+                    raise IndexError(f"{self.path} is missing, row {need_rows - 1} was asked for") from None
+            else:
+                fh = self._open_epoch(self.epoch)
+            with fh:
+                rows = os.fstat(fh.fileno()).st_size // self.row_bytes
+                if rows < need_rows:
+                    raise IndexError(f"{fh.name} holds {rows} rows, row {need_rows - 1} was asked for")
+                # The map keeps the inode alive even if the name is replaced or unlinked later.
+                self._map = np.memmap(fh, dtype=np.float16, mode="r", shape=(rows, self.dim))
             self._map_rows = rows
         return self._map
 
@@ -70,6 +206,11 @@ class VectorStore:
             return np.zeros((0, self.dim), dtype=np.float32)
         m = self._mapped(int(rows.max()) + 1)
         return np.asarray(m[rows], dtype=np.float32)
+
+    def iter_rows(self, rows: np.ndarray, batch: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(offset, float32 block) over ``rows`` in batches, for rebuilds that must not load everything."""
+        for i in range(0, len(rows), batch):
+            yield i, self.read(rows[i:i + batch])
 
     def close(self) -> None:
         self._map = None

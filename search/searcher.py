@@ -174,6 +174,8 @@ class Searcher:
         results: list[list[Passage]] = []
         with self.store.engine.connect() as conn:
             generation = self.store.generation(conn)
+            if self.vectors is not None:  # row numbers of this snapshot refer to its vectors epoch
+                self.vectors.bind(self.store.vectors_epoch(conn))
             allowed = matching_chunk_ids(conn, where) if where else None
             for qi, query in enumerate(queries):
                 dense: list[tuple[int, float]] = []
