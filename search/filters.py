@@ -93,8 +93,10 @@ def _condition(key: str, value: Any, p: str, path_param: str, params: dict[str, 
     if value is None:
         return f"json_type(d.meta, :{path_param}) = 'null'"
     # One element of the value at the path: the value itself, or each element of a list.
-    elems = (f"SELECT CASE json_each.type WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE json_each.value END AS v, "
-             f"json_each.type AS t FROM json_each(d.meta, :{path_param})")
+    # (json_each also walks an object's members: those carry a text key and are left out.)
+    elems = (f"SELECT 1 FROM (SELECT CASE json_each.type WHEN 'true' THEN 1 WHEN 'false' THEN 0 "
+             f"ELSE json_each.value END AS v, json_each.type AS t FROM json_each(d.meta, :{path_param}) "
+             f"WHERE typeof(json_each.key) != 'text')")
     if isinstance(value, bool):
         params[p] = 1 if value else 0
         return f"EXISTS ({elems} WHERE t IN ('true', 'false') AND v = :{p})"

@@ -42,6 +42,15 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def _encodable(query: str) -> str:
+    """``query`` with lone surrogates replaced: tokenizers (Rust) reject them outright."""
+    try:
+        query.encode("utf-8")
+        return query
+    except UnicodeEncodeError:
+        return query.encode("utf-8", "replace").decode("utf-8")
+
+
 def _ann_search(ann: AnnIndex, qvecs: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray | None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """``ann.search``, or a FAISS search restricted to ``allowed_ids`` through an IDSelector."""
@@ -221,7 +230,7 @@ class Searcher:
         if mode != "lexical" and live:
             embedder = self.embedder
             with self._encode_lock:
-                vecs = embedder.encode_queries([queries[i] for i in live])
+                vecs = embedder.encode_queries([_encodable(queries[i]) for i in live])
             qvecs = {i: vecs[j] for j, i in enumerate(live)}
         # The dense leg keeps k passages in dense mode, the whole candidate pool for fusion.
         n_dense = k if mode == "dense" else pool
