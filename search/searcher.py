@@ -102,6 +102,7 @@ class Searcher:
         self._encode_lock = threading.Lock()  # one forward pass at a time per model
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
+        self._counts: tuple[int, int] | None = None
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None, embedder=None,
@@ -247,7 +248,8 @@ class Searcher:
                 dense = dense_legs.get(qi, [])
                 lexical: list[tuple[int, float]] = []
                 if mode != "dense":
-                    lexical = bm25_search(conn, queries[qi], k if mode == "lexical" else pool, flt)
+                    lexical = bm25_search(conn, queries[qi], k if mode == "lexical" else pool, flt,
+                                          n_docs=self._chunk_count(conn, generation))
                 extra: dict[int, float] = {}
                 if mode == "dense":
                     ranked = dense
@@ -263,6 +265,14 @@ class Searcher:
                     ranked = fuse(dense_all if fusion == "weighted" else dense, lexical, fusion, weights)
                 results[qi] = self._passages(conn, ranked[:k], dense, lexical, extra)
         return results
+
+    def _chunk_count(self, conn, generation: int) -> int:
+        """Number of passages at ``generation`` (counted once per generation)."""
+        cached = self._counts
+        if cached is None or cached[0] != generation:
+            cached = (generation, int(self.store.counts(conn)["chunks"]))
+            self._counts = cached
+        return cached[1]
 
     def _check_mode(self, mode: str | None) -> str:
         mode = mode or ("hybrid" if self.has_dense else "lexical")

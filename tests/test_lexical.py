@@ -128,3 +128,19 @@ def test_lexical_terms_are_normalised_words(text):
 @given(st.text(alphabet="abcXYZ019-.@ 東京カタカナ", max_size=30))
 def test_full_and_half_width_forms_give_the_same_terms(text):
     assert lexical_terms(_fullwidth(text)) == lexical_terms(text)
+
+
+def test_common_terms_are_pruned_without_changing_the_ranking(tmp_path):
+    # する/ある are in every passage: their BM25 idf is clamped to ~0, so leaving them out
+    # of the MATCH must give the same passages in the same order.
+    docs = [{"id": f"d{i:02d}", "text": f"これは{'東京' if i % 3 == 0 else '大阪'}にある。{'京都' * (i % 4)}を見物する。"}
+            for i in range(40)]
+    with IndexBuilder.open(tmp_path / "idx", model="none") as b:
+        b.add_documents(docs)
+    with Searcher.open(tmp_path / "idx") as s, s.store.engine.connect() as conn:
+        for q in ("東京にある店を見物する", "京都にする", "する", "ある東京", "大阪"):
+            for k in (1, 5, 13, 40):
+                pruned = bm25_search(conn, q, k)
+                full = bm25_search(conn, q, k, n_docs=0)  # n_docs=0: no pruning
+                assert [c for c, _ in pruned] == [c for c, _ in full]
+                assert [sc for _, sc in pruned] == pytest.approx([sc for _, sc in full], abs=1e-4)
