@@ -183,11 +183,44 @@ def _passage(r) -> Passage:
     return Passage(chunk_id=r[0], doc_key=r[4], title=r[5], text=r[1], score=0.0, char_start=r[2], char_end=r[3])
 
 
+def term_speed(docs: list[dict]) -> None:
+    """Characters per second of lexical_terms vs per-node feature access (the old path)."""
+    from indexer.japanese import get_tagger, lexical_terms
+
+    texts = [d["text"] for d in docs]
+    chars = sum(len(t) for t in texts)
+    tagger = get_tagger()
+
+    def feature_path(text: str) -> list[str]:
+        out = []
+        for w in tagger(unicodedata.normalize("NFKC", text).lower()):
+            f = w.feature
+            if f.pos1 in STOP:
+                continue
+            out.append(f.orthBase if f.pos1 in INFLECTING and f.orthBase else w.surface)
+        return out
+
+    print()
+    print(f"Term extraction speed over the pooled corpus ({chars:,} characters, one core, median of 3):")
+    print()
+    print("| path | Mchar/s |")
+    print("|---|---:|")
+    for name, fn in (("node.feature per word", feature_path), ("tagger.parse() output (shipped)", lexical_terms)):
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for t in texts:
+                fn(t)
+            runs.append(time.perf_counter() - t0)
+        print(f"| {name} | {chars / sorted(runs)[1] / 1e6:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="200,320,400,600", help="chunk max_chars values, comma-separated")
     ap.add_argument("--variants", action="store_true", help="also compare term choices (at the first size)")
     ap.add_argument("--titles", action="store_true", help="with --variants: also try title terms in every chunk")
+    ap.add_argument("--speed", action="store_true", help="only time term extraction (two paths)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
     args = ap.parse_args()
     if not EVAL.exists():
@@ -195,6 +228,9 @@ def main() -> None:
     queries, skipped = load_queries(EVAL / "jsquad-dev" / "queries.jsonl")
     queries = queries[:args.limit] if args.limit else queries
     docs = load_docs()
+    if args.speed:
+        term_speed(docs)
+        return
     print(f"{len(docs)} articles pooled; {len(queries)} JSQuAD questions scored; skipped {skipped}")
     print()
     print("| max_chars | chunks | index s | span hit@1 | span hit@5 | span hit@10 | MRR@10 | ms/query |")
