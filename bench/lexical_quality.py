@@ -215,12 +215,46 @@ def term_speed(docs: list[dict]) -> None:
         print(f"| {name} | {chars / sorted(runs)[1] / 1e6:.2f} |", flush=True)
 
 
+def latency(path: Path, queries: list[EvalQuery]) -> None:
+    """Median / p95 ms per query: the BM25 SQL with and without common-term pruning, and a whole search."""
+    import numpy as np
+
+    from search.lexical import bm25_search
+
+    with Searcher.open(path) as s:
+        n = s.info()["chunks"]
+        rows = []
+        with s.store.engine.connect() as conn:
+            for name, kwargs in (("bm25_search, all query terms", {"n_docs": 0}),
+                                 ("bm25_search, terms in >= half the passages left out (shipped)", {"n_docs": n})):
+                times = []
+                for q in queries:
+                    t0 = time.perf_counter()
+                    bm25_search(conn, q.question, 10, **kwargs)
+                    times.append((time.perf_counter() - t0) * 1000)
+                rows.append((name, times))
+        times = []
+        for q in queries:
+            t0 = time.perf_counter()
+            s.search(q.question, k=10, mode="lexical")
+            times.append((time.perf_counter() - t0) * 1000)
+        rows.append(("Searcher.search(mode='lexical', k=10), passages included", times))
+    print()
+    print(f"Lexical latency, {len(queries)} questions, {n} passages ({path.name}):")
+    print()
+    print("| what | p50 ms | p95 ms |")
+    print("|---|---:|---:|")
+    for name, t in rows:
+        print(f"| {name} | {np.percentile(t, 50):.2f} | {np.percentile(t, 95):.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="200,320,400,600", help="chunk max_chars values, comma-separated")
     ap.add_argument("--variants", action="store_true", help="also compare term choices (at the first size)")
     ap.add_argument("--titles", action="store_true", help="with --variants: also try title terms in every chunk")
     ap.add_argument("--speed", action="store_true", help="only time term extraction (two paths)")
+    ap.add_argument("--latency", action="store_true", help="only time lexical queries (first size)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions")
     args = ap.parse_args()
     if not EVAL.exists():
@@ -230,6 +264,10 @@ def main() -> None:
     docs = load_docs()
     if args.speed:
         term_speed(docs)
+        return
+    if args.latency:
+        path, _ = build(int(args.sizes.split(",")[0]), docs)
+        latency(path, queries)
         return
     print(f"{len(docs)} articles pooled; {len(queries)} JSQuAD questions scored; skipped {skipped}")
     print()

@@ -12,6 +12,7 @@ import numpy as np
 from indexer.ann import AnnIndex, AnnParams
 from indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
 from indexer.errors import IndexFormatError, ModelMismatchError, QueryError
+from indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from indexer.manifest import read_manifest
 from indexer.recovery import catch_up_ann, load_ann, rebuild_ann
 from indexer.store import ChunkRow, MetadataStore
@@ -103,6 +104,11 @@ class Searcher:
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
+        analysis = manifest.get("lexical_analysis")
+        if analysis is not None and analysis != LEXICAL_ANALYSIS_VERSION:
+            log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
+                        "lexical matches may be missed until the index is rebuilt",
+                        path, analysis, LEXICAL_ANALYSIS_VERSION)
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None, embedder=None,
