@@ -15,6 +15,8 @@ __all__ = ["exact_scores", "exact_top_k", "SCAN_BLOCK_ROWS"]
 # Rows scored per block in an exact scan: 16k rows of 1792-d float16 are
 # 57 MB as float32 — big enough for BLAS, small enough for the memory budget.
 SCAN_BLOCK_ROWS = 16384
+# Queries scored together in a scan (a batch of thousands would need GBs of scores).
+SCAN_QUERY_GROUP = 64
 
 
 def exact_scores(query: np.ndarray, vectors: VectorStore, rows: list[int] | np.ndarray) -> np.ndarray:
@@ -41,6 +43,12 @@ def exact_top_k(queries: np.ndarray, vectors: VectorStore, ids: np.ndarray, rows
     nq = len(queries)
     if ids.size == 0 or k <= 0:
         return [[] for _ in range(nq)]
+    if nq > SCAN_QUERY_GROUP:
+        # Bounded score matrices: SCAN_QUERY_GROUP × SCAN_BLOCK_ROWS floats at a time.
+        out: list[list[tuple[int, float]]] = []
+        for start in range(0, nq, SCAN_QUERY_GROUP):
+            out += exact_top_k(queries[start:start + SCAN_QUERY_GROUP], vectors, ids, rows, k)
+        return out
     best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((nq, 0), dtype=np.int64)
     order = np.argsort(rows, kind="stable")

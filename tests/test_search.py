@@ -295,3 +295,32 @@ def test_cli_search_readable_and_json(tmp_path):
     assert r.exit_code == 1 and "KEY=VALUE" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["search", "x", "--index", str(idx), "--weights", "a,b"])
     assert r.exit_code == 2 and "--weights" in r.output
+
+
+@pytest.mark.parametrize("n, k, nq", [(0, 3, 2), (1, 1, 1), (5, 10, 3), (17, 5, 70), (50, 50, 2)])
+def test_exact_top_k_blocks_and_ties_equal_brute_force(tmp_path, monkeypatch, n, k, nq):
+    from indexer.vectors import VectorStore
+    from search import rerank
+
+    monkeypatch.setattr(rerank, "SCAN_BLOCK_ROWS", 7)  # many blocks, a ragged last one
+    rng = np.random.default_rng(n)
+    dim = 8
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    if n:
+        vecs[::3] = vecs[0]  # exact ties: broken by chunk id
+    stored_vecs = vecs.astype(np.float16).astype(np.float32)
+    rows = rng.permutation(n).astype(np.int64)          # chunk i lives at row rows[i]
+    ids = (np.arange(n) * 5 + 11).astype(np.int64)
+    store = VectorStore(tmp_path / "v.f16", dim)
+    if n:
+        by_row = np.empty_like(stored_vecs)
+        by_row[rows] = stored_vecs
+        store.append(by_row, 0)
+    queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    got = rerank.exact_top_k(queries, store, ids, rows, k)
+    for q, res in zip(queries, got):
+        want, want_s = brute(q, ids, stored_vecs, k)
+        assert [c for c, _ in res] == want
+        np.testing.assert_allclose([s for _, s in res], want_s, rtol=1e-6, atol=1e-6)
+    if n:
+        np.testing.assert_allclose(rerank.exact_scores(queries[0], store, rows), stored_vecs @ queries[0], rtol=1e-6)
