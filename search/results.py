@@ -35,6 +35,10 @@ class Passage:
     dense_rank: int | None = None
     lexical_rank: int | None = None
 
+    def __hash__(self) -> int:
+        # The generated hash would fail on the metadata dict; a passage's identity is its chunk and score.
+        return hash((self.chunk_id, self.score))
+
     @property
     def ranks(self) -> dict[str, int]:
         """Ranks in the legs that returned this passage, e.g. ``{"dense": 3, "lexical": 1}``."""

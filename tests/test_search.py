@@ -267,6 +267,7 @@ def test_passage_is_frozen_and_serialisable(ivf):
     assert isinstance(h, Passage)
     with pytest.raises(AttributeError):
         h.score = 0.0  # type: ignore[misc]
+    assert len({h, ivf.search("東京", k=1)[0]}) == 1  # hashable despite its metadata dict
     d = h.to_dict(rank=1)
     json.dumps(d, ensure_ascii=False)
     assert {"rank", "score", "doc_key", "title", "text", "char_start", "char_end", "chunk_id", "metadata",
