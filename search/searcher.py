@@ -31,10 +31,12 @@ MODES = ("hybrid", "dense", "lexical")
 # ANN candidates per requested result, rescored exactly; PQ codes misorder
 # near neighbours, the exact rerank puts them back.
 CANDIDATE_FACTOR = 10
-# Filters matching at most this many chunks are answered by an exact scan of
-# their vectors (20k × 1792-d float16 ≈ 70 MB read, ~10 ms); broader ones by the
-# ANN index restricted to the matching ids (a FAISS IDSelector).
-EXACT_FILTER_LIMIT = 20_000
+# A filter whose matching vectors hold at most this many numbers (rows × dim) is
+# answered by an exact scan of them: 4M float16 numbers (2,340 rows of 1792-d,
+# 10,900 of 384-d) convert and score in ~21 ms (bench/filter_scan.py, bench/sections/query.md).
+# Broader filters go through the ANN index restricted to the matching ids (a
+# FAISS IDSelector), then the exact rerank.
+EXACT_SCAN_ELEMENTS = 1 << 22
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -301,11 +303,15 @@ class Searcher:
                 return [[] for _ in qvecs]
             ids = np.fromiter((c for c, _ in allowed), dtype=np.int64, count=len(allowed))
             rows = np.fromiter((r for _, r in allowed), dtype=np.int64, count=len(allowed))
+            if flat:
+                # The flat index holds float32 copies of the same rows in memory: with an
+                # IDSelector it scores only the matching ones, exactly, faster than the memmap.
+                return self._ann_candidates(conn, ann, qvecs, n_out, pool, False, nprobe, ids)
             use_nprobe = nprobe or ann.params.nprobe
             # Allowed vectors an IVF search would visit: too few for a full pool means the
             # ANN would come back short, and an exact scan of them is cheap anyway.
             visited = len(allowed) * min(1.0, use_nprobe / max(ann.params.nlist, 1))
-            if flat or len(allowed) <= EXACT_FILTER_LIMIT or visited < 2 * pool:
+            if len(allowed) * self.dim <= EXACT_SCAN_ELEMENTS or visited < 2 * pool:
                 return exact_top_k(qvecs, self.vectors, ids, rows, n_out)
             out = self._ann_candidates(conn, ann, qvecs, n_out, pool, rerank, nprobe, ids)
             for qi, cand in enumerate(out):
