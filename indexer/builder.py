@@ -41,7 +41,7 @@ from indexer.ann import AnnIndex, AnnParams, choose_params
 from indexer.chunking import Chunk, Chunker
 from indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
 from indexer.errors import IndexFormatError, ModelMismatchError
-from indexer.japanese import lexical_terms
+from indexer.japanese import passage_terms
 from indexer.loaders import Document, LoadFailure, iter_documents
 from indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
 from indexer.recovery import load_ann, rebuild_ann
@@ -337,7 +337,7 @@ class IndexBuilder:
         if self.embedder is not None and texts:
             _record_embedding(pending)
             vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
-        terms = [" ".join(lexical_terms(c.text)) for p in pending for c in p.chunks]
+        terms = [" ".join(passage_terms(c.text, p.doc.title, c.headings)) for p in pending for c in p.chunks]
         generation = self.generation + 1
         with self.store.engine.begin() as conn:
             first_row = self.store.vector_rows(conn)

@@ -12,14 +12,15 @@ import numpy as np
 from indexer.ann import AnnIndex, AnnParams
 from indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
 from indexer.errors import IndexFormatError, ModelMismatchError, QueryError
+from indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from indexer.manifest import read_manifest
 from indexer.recovery import catch_up_ann, load_ann, rebuild_ann
 from indexer.store import ChunkRow, MetadataStore
 from indexer.vectors import VectorStore
-from search.filters import matching_chunk_ids
-from search.fusion import rrf, weighted
+from search.filters import Filter, compile_where, filtered_vectors
+from search.fusion import FUSIONS, check_weights, fuse
 from search.lexical import bm25_search
-from search.rerank import exact_scores
+from search.rerank import exact_scores, exact_top_k
 from search.results import Passage
 
 __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
@@ -30,8 +31,49 @@ MODES = ("hybrid", "dense", "lexical")
 # ANN candidates per requested result, rescored exactly; PQ codes misorder
 # near neighbours, the exact rerank puts them back.
 CANDIDATE_FACTOR = 10
-# Filters matching at most this many chunks are answered by an exact scan.
-EXACT_FILTER_LIMIT = 20_000
+# A filter whose matching vectors hold at most this many numbers (rows × dim) is
+# answered by an exact scan of them: 4M float16 numbers (2,340 rows of 1792-d,
+# 10,900 of 384-d) convert and score in ~21 ms (bench/filter_scan.py, bench/sections/query.md).
+# Broader filters go through the ANN index restricted to the matching ids (a
+# FAISS IDSelector), then the exact rerank.
+EXACT_SCAN_ELEMENTS = 1 << 22
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise QueryError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _encodable(query: str) -> str:
+    """``query`` with lone surrogates replaced: tokenizers (Rust) reject them outright."""
+    try:
+        query.encode("utf-8")
+        return query
+    except UnicodeEncodeError:
+        return query.encode("utf-8", "replace").decode("utf-8")
+
+
+def _ann_search(ann: AnnIndex, qvecs: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``ann.search``, or a FAISS search restricted to ``allowed_ids`` through an IDSelector."""
+    if allowed_ids is None:
+        return ann.search(qvecs, k, nprobe)
+    import faiss
+
+    q = np.ascontiguousarray(qvecs, dtype=np.float32)
+    k = min(k, ann.ntotal)
+    if k <= 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    # The selector must outlive the search: FAISS keeps only a raw pointer to it.
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+    if ann.params.kind == "ivfpq":
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or ann.params.nprobe))
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    scores, ids = ann.index.search(q, k, params=params)
+    del sel
+    return scores, ids
 
 
 class Searcher:
@@ -43,7 +85,11 @@ class Searcher:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", embedder=None,
-                 dtype: str = "auto") -> None:
+                 dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> None:
+        if fusion not in FUSIONS:
+            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.fusion = fusion
+        self.weights = tuple(check_weights(weights))
         self.path = path
         self.manifest = manifest
         self.store = MetadataStore(path / META_FILE, readonly=True)
@@ -59,11 +105,21 @@ class Searcher:
         self._encode_lock = threading.Lock()  # one forward pass at a time per model
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
+        self._counts: tuple[int, int] | None = None
+        analysis = manifest.get("lexical_analysis")
+        if analysis is not None and analysis != LEXICAL_ANALYSIS_VERSION:
+            log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
+                        "lexical matches may be missed until the index is rebuilt",
+                        path, analysis, LEXICAL_ANALYSIS_VERSION)
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None, embedder=None,
-             dtype: str = "auto") -> "Searcher":
-        """Open an index for reading. ``model`` may only restate the index's own model."""
+             dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> "Searcher":
+        """Open an index for reading. ``model`` may only restate the index's own model.
+
+        ``fusion`` and ``weights`` (dense, lexical) are the hybrid defaults for
+        every search of this Searcher; each call may override them.
+        """
         path = Path(path)
         manifest = read_manifest(path)
         if manifest is None or not (path / META_FILE).exists():
@@ -73,7 +129,7 @@ class Searcher:
         if model is not None and str(model) != str(have or "none"):
             raise ModelMismatchError(f"index {path} was built with model {have or 'none'!r}; "
                                      f"it cannot be queried with {model!r}")
-        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype)
+        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights)
 
     def close(self) -> None:
         self.store.close()
@@ -139,97 +195,182 @@ class Searcher:
     # ------------------------------------------------------------------ search
     def search(self, query: str, k: int = 10, *, mode: str | None = None, rerank: bool = True,
                candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
-               fusion: str = "rrf", weights: Sequence[float] | None = None) -> list[Passage]:
-        """Top ``k`` passages for ``query``.
+               fusion: str | None = None, weights: Sequence[float] | None = None) -> list[Passage]:
+        """Top ``k`` passages for ``query``, best first.
 
-        ``mode``: ``hybrid`` (default for indexes with a model), ``dense`` or
-        ``lexical`` (default for lexical-only indexes). ``where`` filters on
-        document metadata and the built-in fields ``doc_key`` (glob), ``title``,
-        ``source_type``. ``fusion``: ``rrf`` or ``weighted``; ``weights`` are
-        (dense, lexical).
+        - ``mode``: ``hybrid`` (default for indexes with a model), ``dense`` or
+          ``lexical`` (default for lexical-only indexes; dense or hybrid on one
+          is a QueryError).
+        - ``rerank``: dense candidates (``candidates``, default ``k × 10``) are
+          rescored by exact cosine over their stored float16 vectors; ``False``
+          keeps the ANN order and scores.
+        - ``nprobe``: IVF cells to visit (default: the manifest's).
+        - ``where``: filters on document metadata and the built-in fields
+          ``doc_key`` (glob), ``title``, ``source_type``, ``source`` (see
+          ``search.filters``); k passages come back whenever k match.
+        - ``fusion``: ``rrf`` (default) or ``weighted``; ``weights`` are
+          (dense, lexical) — see ``search.fusion``. Both default to the values
+          given to ``Searcher.open``.
+
+        ``Passage.score`` is the cosine (dense), the BM25 score (lexical) or the
+        fused score (hybrid); ``dense_score``/``lexical_score`` and the ranks keep
+        each leg's view. An empty query returns no passages.
         """
         return self.search_batch([query], k, mode=mode, rerank=rerank, candidates=candidates, nprobe=nprobe,
                                  where=where, fusion=fusion, weights=weights)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, *, mode: str | None = None, rerank: bool = True,
                      candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
-                     fusion: str = "rrf", weights: Sequence[float] | None = None) -> list[list[Passage]]:
-        """``search`` for many queries; query embeddings are computed in one batch."""
-        mode = mode or ("hybrid" if self.has_dense else "lexical")
-        if mode not in MODES:
-            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode != "lexical" and not self.has_dense:
-            raise QueryError(f"index {self.path} is lexical-only (built with --model none): use mode='lexical'")
-        if fusion not in ("rrf", "weighted"):
-            raise QueryError(f"fusion must be 'rrf' or 'weighted', got {fusion!r}")
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
-        queries = [q if isinstance(q, str) else str(q) for q in queries]
-        qvecs = None
-        if mode != "lexical":
+                     fusion: str | None = None, weights: Sequence[float] | None = None) -> list[list[Passage]]:
+        """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
+        if isinstance(queries, str):
+            raise QueryError("search_batch takes a list of queries, got one string: use search(query) instead")
+        queries = list(queries)
+        for q in queries:
+            if not isinstance(q, str):
+                raise QueryError(f"a query must be a string, got {type(q).__name__}: {q!r:.60}")
+        mode = self._check_mode(mode)
+        k = _positive_int("k", k)
+        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * CANDIDATE_FACTOR, k)
+        if nprobe is not None:
+            nprobe = _positive_int("nprobe", nprobe)
+        fusion = self.fusion if fusion is None else fusion
+        if fusion not in FUSIONS:
+            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        weights = check_weights(self.weights if weights is None else weights)
+        flt = compile_where(where)
+        if not queries:
+            return []
+        live = [i for i, q in enumerate(queries) if q.strip()]
+        qvecs: dict[int, np.ndarray] = {}
+        if mode != "lexical" and live:
             embedder = self.embedder
             with self._encode_lock:
-                qvecs = embedder.encode_queries(queries)
-        pool = max(candidates or k * CANDIDATE_FACTOR, k)
-        results: list[list[Passage]] = []
+                vecs = embedder.encode_queries([_encodable(queries[i]) for i in live])
+            qvecs = {i: vecs[j] for j, i in enumerate(live)}
+        # The dense leg keeps k passages in dense mode, the whole candidate pool for fusion.
+        n_dense = k if mode == "dense" else pool
+        results: list[list[Passage]] = [[] for _ in queries]
         with self.store.engine.connect() as conn:
             generation = self.store.generation(conn)
             if self.vectors is not None:  # row numbers of this snapshot refer to its vectors epoch
                 self.vectors.bind(self.store.vectors_epoch(conn))
-            allowed = matching_chunk_ids(conn, where) if where else None
-            for qi, query in enumerate(queries):
-                dense: list[tuple[int, float]] = []
+            dense_legs: dict[int, list[tuple[int, float]]] = {}
+            if qvecs:
+                order = sorted(qvecs)
+                legs = self._dense(conn, generation, np.stack([qvecs[i] for i in order]), n_dense, pool,
+                                   rerank, nprobe, flt)
+                dense_legs = dict(zip(order, legs))
+            for qi in live:
+                dense = dense_legs.get(qi, [])
                 lexical: list[tuple[int, float]] = []
-                if mode != "lexical" and query.strip():
-                    dense = self._dense(conn, generation, qvecs[qi], k if mode == "dense" else pool, pool,
-                                        rerank, nprobe, allowed)
                 if mode != "dense":
-                    lexical = bm25_search(conn, query, k if mode == "lexical" else pool, allowed)
+                    lexical = bm25_search(conn, queries[qi], k if mode == "lexical" else pool, flt,
+                                          n_docs=self._chunk_count(conn, generation))
+                extra: dict[int, float] = {}
                 if mode == "dense":
                     ranked = dense
                 elif mode == "lexical":
                     ranked = lexical
                 else:
-                    w = list(weights) if weights else None
-                    ranked = (rrf if fusion == "rrf" else weighted)([dense, lexical], w)
-                results.append(self._passages(conn, ranked[:k], dense, lexical))
+                    # Lexical-only candidates get their exact cosine too: weighted fusion
+                    # needs it, and the Passage reports it.
+                    have = {c for c, _ in dense}
+                    missing = [c for c, _ in lexical if c not in have]
+                    extra = self._cosines(conn, qvecs[qi], missing)
+                    dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
+                    ranked = fuse(dense_all if fusion == "weighted" else dense, lexical, fusion, weights)
+                results[qi] = self._passages(conn, ranked[:k], dense, lexical, extra)
         return results
 
-    def _dense(self, conn, generation: int, qvec: np.ndarray, k: int, pool: int, rerank: bool,
-               nprobe: int | None, allowed: set[int] | None) -> list[tuple[int, float]]:
-        if allowed is not None and len(allowed) <= EXACT_FILTER_LIMIT:
-            return self._exact_scan(conn, qvec, allowed, k)
-        ann = self._ann_for(conn, generation)
-        fetch = pool if rerank else k
-        if allowed is not None:
-            fetch = min(ann.ntotal, fetch * 4)
-        scores, ids = ann.search(qvec[None, :], fetch, nprobe)
-        cand = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        if allowed is not None:
-            cand = [(i, s) for i, s in cand if i in allowed]
-            if len(cand) < k:
-                return self._exact_scan(conn, qvec, allowed, k)
-        if rerank and cand:
-            rows = self.store.chunk_rows(conn, [i for i, _ in cand])
-            cand = [(i, s) for i, s in cand if i in rows and rows[i].vector_row is not None]
-            exact = exact_scores(qvec, self.vectors, [rows[i].vector_row for i, _ in cand])
-            cand = sorted(((i, float(s)) for (i, _), s in zip(cand, exact)), key=lambda x: (-x[1], x[0]))
-        return cand[:k]
+    def _chunk_count(self, conn, generation: int) -> int:
+        """Number of passages at ``generation`` (counted once per generation)."""
+        cached = self._counts
+        if cached is None or cached[0] != generation:
+            cached = (generation, int(self.store.counts(conn)["chunks"]))
+            self._counts = cached
+        return cached[1]
 
-    def _exact_scan(self, conn, qvec: np.ndarray, allowed: set[int], k: int) -> list[tuple[int, float]]:
-        rows = self.store.chunk_rows(conn, allowed)
-        items = [(cid, r.vector_row) for cid, r in rows.items() if r.vector_row is not None]
-        if not items:
-            return []
-        scores = exact_scores(qvec, self.vectors, [r for _, r in items])
-        order = np.lexsort((np.array([c for c, _ in items]), -scores))[:k]
-        return [(items[i][0], float(scores[i])) for i in order]
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or ("hybrid" if self.has_dense else "lexical")
+        if mode not in MODES:
+            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "lexical" and not self.has_dense:
+            raise QueryError(f"index {self.path} is lexical-only (built with --model none): mode={mode!r} needs "
+                             "embeddings; use mode='lexical' (--mode lexical) or rebuild the index with a model")
+        return mode
+
+    # ------------------------------------------------------------------ dense leg
+    def _dense(self, conn, generation: int, qvecs: np.ndarray, n_out: int, pool: int, rerank: bool,
+               nprobe: int | None, flt: Filter | None) -> list[list[tuple[int, float]]]:
+        """Best ``n_out`` (chunk id, cosine) per query vector."""
+        ann = self._ann_for(conn, generation)
+        flat = ann.params.kind == "flat"
+        if flt is not None:
+            allowed = [(c, r) for c, r in filtered_vectors(conn, flt) if r is not None]
+            if not allowed:
+                return [[] for _ in qvecs]
+            ids = np.fromiter((c for c, _ in allowed), dtype=np.int64, count=len(allowed))
+            rows = np.fromiter((r for _, r in allowed), dtype=np.int64, count=len(allowed))
+            if flat:
+                # The flat index holds float32 copies of the same rows in memory: with an
+                # IDSelector it scores only the matching ones, exactly, faster than the memmap.
+                return self._ann_candidates(conn, ann, qvecs, n_out, pool, False, nprobe, ids)
+            use_nprobe = nprobe or ann.params.nprobe
+            # Allowed vectors an IVF search would visit: too few for a full pool means the
+            # ANN would come back short, and an exact scan of them is cheap anyway.
+            visited = len(allowed) * min(1.0, use_nprobe / max(ann.params.nlist, 1))
+            if len(allowed) * self.dim <= EXACT_SCAN_ELEMENTS or visited < 2 * pool:
+                return exact_top_k(qvecs, self.vectors, ids, rows, n_out)
+            out = self._ann_candidates(conn, ann, qvecs, n_out, pool, rerank, nprobe, ids)
+            for qi, cand in enumerate(out):
+                if len(cand) < min(n_out, len(allowed)):
+                    log.debug("filtered ANN search came back short (%d < %d): exact scan", len(cand), n_out)
+                    out[qi] = exact_top_k(qvecs[qi], self.vectors, ids, rows, n_out)[0]
+            return out
+        return self._ann_candidates(conn, ann, qvecs, n_out, pool, rerank and not flat, nprobe, None)
+
+    def _ann_candidates(self, conn, ann: AnnIndex, qvecs: np.ndarray, n_out: int, pool: int, rerank: bool,
+                        nprobe: int | None, allowed_ids: np.ndarray | None) -> list[list[tuple[int, float]]]:
+        """ANN search (restricted to ``allowed_ids`` when given), then exact rerank of the candidates."""
+        fetch = max(pool, n_out) if rerank else n_out
+        scores, ids = _ann_search(ann, qvecs, fetch, nprobe, allowed_ids)
+        out: list[list[tuple[int, float]]] = []
+        rows = self._vector_rows(conn, {int(i) for i in ids.ravel() if i >= 0}) if rerank else {}
+        for qi in range(len(qvecs)):
+            cand = [(int(i), float(s)) for i, s in zip(ids[qi], scores[qi]) if i >= 0]
+            if rerank and cand:
+                # Ids deleted since the ANN snapshot have no row any more: they drop out here.
+                cand = [(i, s) for i, s in cand if rows.get(i) is not None]
+                exact = exact_scores(qvecs[qi], self.vectors, [rows[i] for i, _ in cand])
+                cand = sorted(((i, float(s)) for (i, _), s in zip(cand, exact)), key=lambda x: (-x[1], x[0]))
+            out.append(cand[:n_out])
+        return out
+
+    def _vector_rows(self, conn, ids) -> dict[int, int | None]:
+        ids = sorted(int(i) for i in ids)
+        out: dict[int, int | None] = {}
+        for start in range(0, len(ids), 900):
+            part = ",".join(str(i) for i in ids[start:start + 900])  # ints only: safe to inline
+            for cid, row in conn.exec_driver_sql(f"SELECT id, vector_row FROM chunks WHERE id IN ({part})"):
+                out[int(cid)] = None if row is None else int(row)
+        return out
+
+    def _cosines(self, conn, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
+        """Exact cosine of ``qvec`` with the given chunks (those that have a vector)."""
+        if not ids:
+            return {}
+        rows = self._vector_rows(conn, ids)
+        have = [i for i in ids if rows.get(i) is not None]
+        scores = exact_scores(qvec, self.vectors, [rows[i] for i in have])
+        return {i: float(s) for i, s in zip(have, scores)}
 
     def _passages(self, conn, ranked: list[tuple[int, float]], dense: list[tuple[int, float]],
-                  lexical: list[tuple[int, float]]) -> list[Passage]:
+                  lexical: list[tuple[int, float]], extra_dense: dict[int, float] | None = None) -> list[Passage]:
         rows = self.store.chunk_rows(conn, [c for c, _ in ranked])
         d_rank = {c: (r, s) for r, (c, s) in enumerate(dense, 1)}
         l_rank = {c: (r, s) for r, (c, s) in enumerate(lexical, 1)}
+        extra_dense = extra_dense or {}
         out = []
         for cid, score in ranked:
             row: ChunkRow | None = rows.get(cid)
@@ -241,7 +382,7 @@ class Searcher:
                 chunk_id=cid, doc_key=row.doc_key, title=row.title, text=row.text, score=float(score),
                 char_start=row.char_start, char_end=row.char_end, headings=row.headings,
                 metadata=row.metadata, chunk_index=row.chunk_index, source=row.source,
-                dense_score=d[1] if d else None, lexical_score=lx[1] if lx else None,
+                dense_score=d[1] if d else extra_dense.get(cid), lexical_score=lx[1] if lx else None,
                 dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None,
             ))
         return out
