@@ -190,9 +190,13 @@ def test_sigkill_at_any_moment_loses_nothing_and_reembeds_nothing(tmp_path, tiny
     lex = dict(model="none", index=lidx, embedder=None)
     for point in ["before_commit:4", "after_commit:6", "before_replace:manifest.json:1"]:
         attempt(kill_at=point, **lex)
-    for _ in range(30):
+    for i in range(30):
         if kills >= 22:
             break
+        # New files first, so every run has real work to be killed in (a run over
+        # an unchanged folder may finish before the kill). Named to sort after
+        # the files already there, so a clean build breaks score ties alike.
+        write_corpus(src / "語彙" / f"追記{i:03d}", 15, seed=100 + i)
         attempt(kill_after=rng.uniform(0.2, 1.2), **lex)
     assert attempt(**lex) == 0
     contents, results = clean_build(src, tmp_path / "lexclean", None, None)
