@@ -152,10 +152,13 @@ class IndexBuilder:
             embed = embed or EmbedConfig()
             wanted = model if model is not None else (
                 (manifest["model"]["name"] if manifest.get("model") else "none") if manifest else DEFAULT_MODEL)
+            if embedder is not None and model is None:
+                wanted = embedder.info.name  # a ready embedder names its own model
             lexical_only = str(wanted).lower() == "none"
             if manifest is not None:
                 have = manifest["model"]["name"] if manifest.get("model") else "none"
-                if str(have) != str(wanted):
+                if str(have) != str(wanted) or (embedder is not None and manifest.get("model")
+                                                and str(embedder.info.name) != str(have)):
                     raise ModelMismatchError(
                         f"index {path} was built with model {have!r}, not {wanted!r}; "
                         "use the same model, or build a new index in another directory"

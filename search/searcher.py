@@ -73,6 +73,10 @@ class Searcher:
         if model is not None and str(model) != str(have or "none"):
             raise ModelMismatchError(f"index {path} was built with model {have or 'none'!r}; "
                                      f"it cannot be queried with {model!r}")
+        if embedder is not None and have is not None and (
+                str(embedder.info.name) != str(have) or embedder.dim != int(manifest["model"]["dim"])):
+            raise ModelMismatchError(f"index {path} was built with model {have!r}; it cannot be queried "
+                                     f"with {embedder.info.name!r} ({embedder.dim}-dim)")
         return cls(path, manifest, device=device, embedder=embedder, dtype=dtype)
 
     def close(self) -> None:
