@@ -169,11 +169,13 @@ class IndexBuilder:
                         "changing it needs a new index"
                     )
             if embedder is None and not lexical_only:
-                from indexer.embedding import Embedder
+                from indexer.embedding import Embedder, ModelInfo
 
+                recorded = manifest.get("model") if manifest else None  # reopen: the recorded directory/revision
                 embedder = Embedder.from_pretrained(
-                    wanted, device=embed.device, dtype=embed.dtype, max_length=embed.max_length,
-                    trust_remote_code=embed.trust_remote_code, batch_tokens=embed.batch_tokens)
+                    ModelInfo.source(recorded) if recorded else wanted, device=embed.device, dtype=embed.dtype,
+                    max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
+                    batch_tokens=embed.batch_tokens, revision=recorded.get("revision") if recorded else None)
             if manifest is None:
                 manifest = {
                     "created_at": time.time(),

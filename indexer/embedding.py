@@ -84,6 +84,7 @@ class ModelInfo:
     normalize: bool
     max_length: int
     prompts: dict[str, str] = field(default_factory=dict)
+    path: str | None = None  # absolute directory of a local model, so a reader in another cwd finds it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,7 +95,14 @@ class ModelInfo:
             "normalize": self.normalize,
             "max_length": self.max_length,
             "prompts": dict(self.prompts),
+            "path": self.path,
         }
+
+    @staticmethod
+    def source(recorded: dict[str, Any]) -> str:
+        """Where to load a manifest's model from: its recorded directory if still there, else its name."""
+        path = recorded.get("path")
+        return path if path and Path(path).is_dir() else recorded["name"]
 
 
 # --------------------------------------------------------------------------- locating the model
@@ -129,8 +137,9 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def resolve_model_dir(name_or_path: str, *, connect_timeout: float = _HUB_CONNECT_TIMEOUT_S) -> tuple[Path, str | None]:
-    """A local directory for ``name_or_path`` (fetching a hub id), and its revision when known.
+def resolve_model_dir(name_or_path: str, *, revision: str | None = None,
+                      connect_timeout: float = _HUB_CONNECT_TIMEOUT_S) -> tuple[Path, str | None]:
+    """A local directory for ``name_or_path`` (fetching a hub id at ``revision``), and its revision when known.
 
     A hub id is looked up in the local Hugging Face cache first when the hub
     cannot be reached (offline mode, or no TCP connection within
@@ -154,14 +163,16 @@ def resolve_model_dir(name_or_path: str, *, connect_timeout: float = _HUB_CONNEC
     online = not _offline() and _hub_reachable(connect_timeout)
     try:
         if online:
-            local = snapshot_download(name_or_path, allow_patterns=_ST_FILES, etag_timeout=10)
+            local = snapshot_download(name_or_path, revision=revision, allow_patterns=_ST_FILES, etag_timeout=10)
         else:
-            local = snapshot_download(name_or_path, allow_patterns=_ST_FILES, local_files_only=True)
+            local = snapshot_download(name_or_path, revision=revision, allow_patterns=_ST_FILES,
+                                      local_files_only=True)
     except Exception as exc:  # network, auth, unknown repo, not cached: all end the same way for the user
         first = str(exc).splitlines()[0] if str(exc) else ""
         why = "the model hub cannot be reached and the model is not in the local cache" if not online else (
             f"{type(exc).__name__}: {first}")
-        raise ModelError(f"cannot load model {name_or_path!r}: {why}. {_NO_NETWORK_HINT}") from None
+        at = f" at revision {revision}" if revision else ""
+        raise ModelError(f"cannot load model {name_or_path!r}{at}: {why}. {_NO_NETWORK_HINT}") from None
     name = Path(local).name
     revision = name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else None
     return Path(local), revision
@@ -402,19 +413,22 @@ class Embedder:
         max_length: int | None = None,
         trust_remote_code: bool = False,
         batch_tokens: int = 16384,
+        revision: str | None = None,
     ) -> "Embedder":
         """Load a sentence-transformers (or plain transformers) model directory or hub id.
 
         ``dtype="auto"`` means float32 on CPU and bfloat16 (float16 without
         bf16 support) on CUDA. ``max_length`` can only lower the model's own
-        limit. Any failure to load raises :class:`ModelError` saying what to do.
+        limit; ``revision`` pins a hub commit (what an index recorded). Any
+        failure to load raises :class:`ModelError` saying what to do.
         """
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if max_length is not None and max_length < 1:
             raise ModelError(f"max_length must be a positive number of tokens, got {max_length}")
-        root, revision = resolve_model_dir(name_or_path)
+        root, revision = resolve_model_dir(name_or_path, revision=revision)
+        local = Path(name_or_path).expanduser().is_dir()
         recipe = _read_recipe(root, name_or_path)
         tf_dir = root / recipe.transformer_path
         _check_files(tf_dir, name_or_path)
@@ -473,7 +487,7 @@ class Embedder:
             max_length=min(max_length, _st_max_length(recipe, tokenizer, config)) if max_length
             else _st_max_length(recipe, tokenizer, config),
             query_prompt=recipe.query_prompt, document_prompt=recipe.document_prompt,
-            batch_tokens=batch_tokens)
+            batch_tokens=batch_tokens, path=str(root.resolve()) if local else None)
 
     @classmethod
     def from_model(
@@ -490,6 +504,7 @@ class Embedder:
         document_prompt: str = "",
         revision: str | None = None,
         batch_tokens: int = 16384,
+        path: str | None = None,
     ) -> "Embedder":
         """Wrap a transformers model and tokenizer already in memory (benchmarks, tests).
 
@@ -519,6 +534,7 @@ class Embedder:
             normalize=normalize,  # mitsuke searches by cosine: vectors are always unit length
             max_length=int(max_length),
             prompts=prompts,
+            path=path,
         )
         attn = getattr(config, "_attn_implementation", None)
         log.info("embedding model %s on %s (%s, attention %s), pooling %s, max_length %d",

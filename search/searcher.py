@@ -98,13 +98,14 @@ class Searcher:
     @property
     def embedder(self):
         if self._embedder is None:
-            from indexer.embedding import Embedder
+            from indexer.embedding import Embedder, ModelInfo
 
             with self._load_lock:
                 if self._embedder is None:
                     m = self.manifest["model"]
                     self._embedder = Embedder.from_pretrained(
-                        m["name"], device=self._device, dtype=self._dtype, max_length=m.get("max_length"))
+                        ModelInfo.source(m), device=self._device, dtype=self._dtype, max_length=m.get("max_length"),
+                        revision=m.get("revision"))
                     if self._embedder.dim != self.dim:
                         raise ModelMismatchError(
                             f"model {m['name']!r} now gives {self._embedder.dim}-dim vectors, the index holds {self.dim}")

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, with_prompts
+from indexer.config import EmbedConfig
 from indexer.embedding import Embedder
 from indexer.errors import ModelError, ModelMismatchError
 
@@ -315,7 +316,7 @@ def test_importing_the_embedder_loads_nothing_heavy():
 # --------------------------------------------------------------------------- model identity in the index
 
 def test_manifest_records_the_model_and_other_models_are_refused(tiny_model, tiny_model_left, tiny_embedder,
-                                                                 tmp_path):
+                                                                 tmp_path, monkeypatch):
     from indexer import IndexBuilder
     from search import Searcher
 
@@ -324,7 +325,7 @@ def test_manifest_records_the_model_and_other_models_are_refused(tiny_model, tin
         b.add_documents([{"id": "a", "text": "更科蕎麦は信州の名物です。"}])
     model = json.loads((idx / "manifest.json").read_text(encoding="utf-8"))["model"]
     assert model == {"name": str(tiny_model), "revision": None, "dim": 64, "pooling": "lasttoken",
-                     "normalize": True, "max_length": 128, "prompts": {}}
+                     "normalize": True, "max_length": 128, "prompts": {}, "path": str(tiny_model.resolve())}
 
     with pytest.raises(ModelMismatchError, match="tiny-llama-left"):
         IndexBuilder.open(idx, model=str(tiny_model_left))
@@ -337,8 +338,40 @@ def test_manifest_records_the_model_and_other_models_are_refused(tiny_model, tin
         IndexBuilder.open(idx, embedder=other)
     with pytest.raises(ModelMismatchError):
         Searcher.open(idx, embedder=other)
-    # The index's own model still writes and answers.
+    # The index's own model still writes and answers, from any working directory.
+    monkeypatch.chdir(tmp_path)
     with IndexBuilder.open(idx) as b:
-        assert b.embedder.info.name == str(tiny_model)
+        assert b.embedder.dim == 64
     with Searcher.open(idx, device="cpu") as s:
         assert s.search("蕎麦", k=1, mode="dense")[0].doc_key == "a"
+
+
+def test_an_index_built_from_a_relative_model_path_opens_from_anywhere(tiny_model, tmp_path, monkeypatch):
+    from indexer import IndexBuilder
+    from search import Searcher
+
+    monkeypatch.chdir(tiny_model.parent)
+    idx = tmp_path / "idx"
+    with IndexBuilder.open(idx, model=f"./{tiny_model.name}", embed=EmbedConfig(device="cpu")) as b:
+        b.add_documents([{"id": "a", "text": "更科蕎麦は信州の名物です。"}])
+    monkeypatch.chdir(tmp_path)
+    assert not Path(f"./{tiny_model.name}").exists()
+    with Searcher.open(idx, device="cpu") as s:
+        assert s.search("蕎麦", k=1, mode="dense")[0].doc_key == "a"
+
+
+@pytest.mark.parametrize("dtype, shown", [("auto", "float32"), ("bfloat16", "bfloat16")])
+def test_index_command_says_which_device_and_dtype_it_embeds_with(tmp_path, tiny_model, dtype, shown):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "蕎麦.txt").write_text("更科蕎麦は蕎麦の実の中心部だけを挽いた粉で打つ。", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["index", str(docs), "--index", str(tmp_path / "idx"), "--model", str(tiny_model),
+                                 "--device", "cpu", "--dtype", dtype], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert f"on cpu ({shown}, sdpa attention" in r.stderr
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["model"]["name"] == str(tiny_model)
