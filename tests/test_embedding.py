@@ -218,10 +218,16 @@ def test_cuda_uses_bf16_and_survives_out_of_memory(tiny_model):
     assert emb.dtype in (torch.bfloat16, torch.float16)
     ref = Embedder.from_pretrained(str(tiny_model), device="cpu").encode_documents(TEXTS)
     np.testing.assert_allclose(emb.encode_documents(TEXTS), ref, atol=0.05)
-    emb.batch_tokens = 1 << 40  # one giant batch: the allocator refuses, the run halves and goes on
-    texts = [LONG] * 4000
-    out = emb.encode_documents(texts)
+    # One giant batch under a ~1 GiB cap: the allocator refuses, the budget halves and the run goes on.
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 2**30 / torch.cuda.get_device_properties(0).total_memory))
+    emb.batch_tokens = 1 << 40
+    try:
+        out = emb.encode_documents([LONG] * 40_000)  # 40,000 x 128 tokens
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
     assert emb.batch_tokens < 1 << 40 and np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], out[-1], atol=1e-2)
 
 
 # --------------------------------------------------------------------------- loading errors
