@@ -243,6 +243,11 @@ def _resolve_prompts(meta: dict[str, Any]) -> tuple[str, str]:
     return resolved["query"], document
 
 
+def _without_remote_code(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """sentence-transformers never lets a config file turn on remote code; neither do we."""
+    return {k: v for k, v in (kwargs or {}).items() if k != "trust_remote_code"}
+
+
 def _read_recipe(root: Path, name_or_path: str) -> _Recipe:
     modules = _read_json(root / "modules.json")
     if not modules:
@@ -281,8 +286,6 @@ def _read_recipe(root: Path, name_or_path: str) -> _Recipe:
     pool_cfg = _read_json(root / pool_path / "config.json") if pool_path is not None else {}
     modes = _pooling_modes(pool_cfg) if pool_path is not None else ("mean",)
     query, document = _resolve_prompts(_read_json(root / "config_sentence_transformers.json"))
-    # sentence-transformers never lets a config file turn on remote code.
-    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "trust_remote_code"}  # noqa: E731
     return _Recipe(
         transformer_path=tf_path,
         pooling=modes,
@@ -290,8 +293,8 @@ def _read_recipe(root: Path, name_or_path: str) -> _Recipe:
         normalize=normalize,
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
         max_seq_length=st_cfg.get("max_seq_length"),
-        processor_kwargs=strip(st_cfg.get("processor_kwargs", st_cfg.get("tokenizer_args"))),
-        config_kwargs=strip(st_cfg.get("config_kwargs", st_cfg.get("config_args"))),
+        processor_kwargs=_without_remote_code(st_cfg.get("processor_kwargs", st_cfg.get("tokenizer_args"))),
+        config_kwargs=_without_remote_code(st_cfg.get("config_kwargs", st_cfg.get("config_args"))),
         query_prompt=query,
         document_prompt=document,
     )

@@ -8,7 +8,6 @@ all-MiniLM-L6-v2 weights (mean pooling + Normalize).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -91,6 +90,28 @@ def test_minilm_matches_sentence_transformers(minilm_model, st_models):
     emb = Embedder.from_pretrained(str(minilm_model), device="cpu", batch_tokens=700)
     assert (emb.dim, emb.max_length, emb.info.pooling) == (384, 256, "mean")
     _assert_parity(emb, ref)
+
+
+JAPANESE = st.text(alphabet=st.sampled_from(list(
+    "あいうえおかきくけこ漢字東京大阪更科蕎麦ｶﾀｶﾅﾊﾝｶｸ１２３ＡＢＣ「」『』（）、。！？ 　😀🍣abcXYZ0123\n\t~￥①髙﨑")),
+    max_size=160)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(JAPANESE, min_size=1, max_size=6))
+def test_any_japanese_batch_matches_sentence_transformers(tiny_model_left, st_models, texts):
+    emb = _embedder(tiny_model_left)
+    ref = _reference(st_models(tiny_model_left), texts, batch_size=4)
+    np.testing.assert_allclose(emb.encode_documents(texts), ref, atol=TOL, rtol=0)
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+
+
+def _embedder(path: Path) -> Embedder:
+    if str(path) not in _EMBEDDERS:
+        _EMBEDDERS[str(path)] = Embedder.from_pretrained(str(path), device="cpu", batch_tokens=256)
+    return _EMBEDDERS[str(path)]
 
 
 def test_long_texts_are_truncated_like_sentence_transformers(tiny_model, st_models):
