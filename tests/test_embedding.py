@@ -402,3 +402,17 @@ def test_index_command_says_which_device_and_dtype_it_embeds_with(tmp_path, tiny
     assert f"on cpu ({shown}, sdpa attention" in r.stderr
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["model"]["name"] == str(tiny_model)
+
+
+@pytest.mark.parametrize("mode", ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", ["cls", "mean"]])
+def test_every_pooling_mode_matches_sentence_transformers(tiny_model_left, tmp_path, mode):
+    """sentence-transformers 6 pooling configs (``pooling_mode``), on left padding where positions matter."""
+    path = with_prompts(tiny_model_left, tmp_path / "m", {"query": "クエリ: "}, include_prompt=False)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": 64, "pooling_mode": mode, "include_prompt": False}))
+    ref = ST.SentenceTransformer(str(path), device="cpu")
+    emb = Embedder.from_pretrained(str(path), device="cpu", batch_tokens=300)
+    assert emb.dim == ref.get_embedding_dimension() == 64 * (2 if isinstance(mode, list) else 1)
+    texts = TEXTS[:6]
+    np.testing.assert_allclose(emb.encode_documents(texts), _reference(ref, texts), atol=TOL, rtol=0)
+    np.testing.assert_allclose(emb.encode_queries(texts), _reference(ref, texts, "query"), atol=TOL, rtol=0)
