@@ -372,6 +372,18 @@ def _pick_dtype(dtype: str, device):
     return getattr(torch, _DTYPES[dtype])
 
 
+def _cpu_has_amx_bf16() -> bool | None:
+    """Whether the CPU has AMX-BF16 tiles (Linux /proc/cpuinfo); None where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        return None
+    return None
+
+
 # --------------------------------------------------------------------------- the embedder
 
 class Embedder:
@@ -437,6 +449,10 @@ class Embedder:
         _check_files(tf_dir, name_or_path)
         dev = _pick_device(device)
         torch_dtype = _pick_dtype(dtype, dev)
+        if dev.type == "cpu" and torch_dtype != torch.float32 and _cpu_has_amx_bf16() is False:
+            # bench/sections/embed.md: bf16 ran ~2x slower than fp32 on an avx512_bf16-only Xeon.
+            log.warning("%s on a CPU without AMX-BF16 is usually slower than float32; "
+                        "use --dtype float32 unless you have measured otherwise", str(torch_dtype)[6:])
 
         from transformers.utils import logging as hf_logging
 
