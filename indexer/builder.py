@@ -178,10 +178,13 @@ class IndexBuilder:
             embed = embed or EmbedConfig()
             wanted = model if model is not None else (
                 (manifest["model"]["name"] if manifest.get("model") else "none") if manifest else DEFAULT_MODEL)
+            if embedder is not None and model is None:
+                wanted = embedder.info.name  # a ready embedder names its own model
             lexical_only = str(wanted).lower() == "none"
             if manifest is not None:
                 have = manifest["model"]["name"] if manifest.get("model") else "none"
-                if str(have) != str(wanted):
+                if str(have) != str(wanted) or (embedder is not None and manifest.get("model")
+                                                and str(embedder.info.name) != str(have)):
                     raise ModelMismatchError(
                         f"index {path} was built with model {have!r}, not {wanted!r}; "
                         "use the same model, or build a new index in another directory"
@@ -192,11 +195,13 @@ class IndexBuilder:
                         "changing it needs a new index"
                     )
             if embedder is None and not lexical_only:
-                from indexer.embedding import Embedder
+                from indexer.embedding import Embedder, ModelInfo
 
+                recorded = manifest.get("model") if manifest else None  # reopen: the recorded directory/revision
                 embedder = Embedder.from_pretrained(
-                    wanted, device=embed.device, dtype=embed.dtype, max_length=embed.max_length,
-                    trust_remote_code=embed.trust_remote_code, batch_tokens=embed.batch_tokens)
+                    ModelInfo.source(recorded) if recorded else wanted, device=embed.device, dtype=embed.dtype,
+                    max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
+                    batch_tokens=embed.batch_tokens, revision=recorded.get("revision") if recorded else None)
             if manifest is None:
                 manifest = {
                     "created_at": time.time(),

@@ -117,8 +117,10 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
                                 batch_docs=batch_docs, compact_min_rows=compact_min_rows)
     if builder.embedder is not None and not as_json:
-        click.echo(f"embedding with {builder.embedder.info.name} on {builder.embedder.device} "
-                   f"({builder.embedder.dtype_name})", err=True)
+        e = builder.embedder
+        attn = getattr(e.model.config, "_attn_implementation", None) or "default"
+        click.echo(f"embedding with {e.info.name} on {e.device} ({e.dtype_name}, {attn} attention, "
+                   f"batches of up to {e.batch_tokens} tokens)", err=True)
     bar = _progress(not as_json)
     if bar is not None:
         def on_progress(kind: str, n: int) -> None:
@@ -153,9 +155,12 @@ def _progress(enabled: bool):
     return tqdm(unit="doc", desc="indexing", file=sys.stderr)
 
 
-def _tokens(bar, n: int) -> int:
+def _tokens(bar, n: int) -> str:
+    """Tokens embedded so far and the embedding rate, for the progress bar."""
     bar.tokens = getattr(bar, "tokens", 0) + n
-    return bar.tokens
+    elapsed = bar.format_dict.get("elapsed") or 0
+    rate = f", {bar.tokens / elapsed:,.0f} tokens/s" if elapsed > 1 else ""
+    return f"{bar.tokens:,}{rate}"
 
 
 # --------------------------------------------------------------------------- search

@@ -129,6 +129,10 @@ class Searcher:
         if model is not None and str(model) != str(have or "none"):
             raise ModelMismatchError(f"index {path} was built with model {have or 'none'!r}; "
                                      f"it cannot be queried with {model!r}")
+        if embedder is not None and have is not None and (
+                str(embedder.info.name) != str(have) or embedder.dim != int(manifest["model"]["dim"])):
+            raise ModelMismatchError(f"index {path} was built with model {have!r}; it cannot be queried "
+                                     f"with {embedder.info.name!r} ({embedder.dim}-dim)")
         return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights)
 
     def close(self) -> None:
@@ -150,13 +154,14 @@ class Searcher:
     @property
     def embedder(self):
         if self._embedder is None:
-            from indexer.embedding import Embedder
+            from indexer.embedding import Embedder, ModelInfo
 
             with self._load_lock:
                 if self._embedder is None:
                     m = self.manifest["model"]
                     self._embedder = Embedder.from_pretrained(
-                        m["name"], device=self._device, dtype=self._dtype, max_length=m.get("max_length"))
+                        ModelInfo.source(m), device=self._device, dtype=self._dtype, max_length=m.get("max_length"),
+                        revision=m.get("revision"))
                     if self._embedder.dim != self.dim:
                         raise ModelMismatchError(
                             f"model {m['name']!r} now gives {self._embedder.dim}-dim vectors, the index holds {self.dim}")

