@@ -45,7 +45,7 @@ MIN_POINTS_PER_CENTROID = 39
 # iteration, so the sample is what makes training slow or fast: 64 points per
 # cell is comfortably above FAISS's 39 and well below its 256 cap (beyond
 # which it subsamples anyway). Measured on 2 cores at d=1792: see
-# bench/sections/storage.md.
+# BENCHMARKS.md "Index storage".
 TRAIN_POINTS_PER_CELL = 64
 # PQ codebooks have 2**nbits = 256 centroids per sub-quantizer and need as
 # many training points as a 256-cell k-means.
@@ -130,7 +130,7 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
       neighbours straddle cell borders, and the exact rerank can only restore
       what the visited lists hold. nlist/16 gave 0.80 top-10 agreement on the
       100k clustered benchmark and 93/100 on the tiny-model test corpus;
-      nlist/8 visits 12.5% of the lists (bench/sections/storage.md has the
+      nlist/8 visits 12.5% of the lists (BENCHMARKS.md "Index storage" has the
       curve; ``nprobe=`` at search time trades it for latency).
 
     >>> choose_params(1_000_000, 1792)

@@ -40,8 +40,8 @@ import numpy as np
 from indexer.ann import AnnIndex, AnnParams, choose_params
 from indexer.chunking import Chunk, Chunker
 from indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
-from indexer.errors import IndexFormatError, ModelMismatchError
-from indexer.japanese import passage_terms
+from indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
+from indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
 from indexer.loaders import Document, LoadFailure, iter_documents
 from indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
 from indexer.recovery import load_ann, rebuild_ann
@@ -189,6 +189,12 @@ class IndexBuilder:
                         f"index {path} was built with model {have!r}, not {wanted!r}; "
                         "use the same model, or build a new index in another directory"
                     )
+                analysis = manifest.get("lexical_analysis", LEXICAL_ANALYSIS_VERSION)
+                if analysis != LEXICAL_ANALYSIS_VERSION:
+                    raise IndexFormatError(
+                        f"index {path} holds lexical terms of analysis v{analysis}, this mitsuke writes "
+                        f"v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new directory"
+                    )
                 if chunking is not None and ChunkConfig(**manifest["chunking"]) != chunking:
                     raise IndexFormatError(
                         f"index {path} was built with chunking {manifest['chunking']}; "
@@ -203,11 +209,17 @@ class IndexBuilder:
                     max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
                     batch_tokens=embed.batch_tokens, revision=recorded.get("revision") if recorded else None)
             if manifest is None:
+                try:  # a bad budget/overlap pair must fail before the manifest is written
+                    Chunker(chunking or ChunkConfig(), embedder.count_tokens if embedder else None)
+                except ValueError as exc:
+                    raise MitsukeError(f"chunking settings: {exc}") from None
                 manifest = {
                     "created_at": time.time(),
                     "model": embedder.info.to_dict() if embedder else None,
                     "chunking": (chunking or ChunkConfig()).__dict__.copy(),
                     "ann_config": (ann or AnnConfig()).__dict__.copy(),
+                    # FTS5 terms are only comparable with queries analysed the same way.
+                    "lexical_analysis": LEXICAL_ANALYSIS_VERSION,
                     "ann": None,
                     "generation": 0,
                     "counts": {"documents": 0, "chunks": 0},

@@ -184,6 +184,10 @@ class Chunker:
         self.count: CountFn = count_tokens or _char_count
         self.budget = self.config.max_tokens if count_tokens else self.config.max_chars
         self.overlap = self.config.overlap
+        if self.overlap >= self.budget:
+            unit = "characters" if self.exact_chars else "tokens"
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than the chunk budget "
+                             f"({self.budget} {unit})")
 
     # ------------------------------------------------------------------ public
     def chunk(self, text: str, markdown: bool = False) -> list[Chunk]:

@@ -445,15 +445,15 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     base = ChunkConfig()
     budget = max_tokens if max_tokens is not None else max_chars
     budget = budget or (base.max_chars if lexical else base.max_tokens)
+    counter = None if lexical else _token_counter(model)
     try:
-        # Only one of the two budgets is used (characters without a model); both
-        # are set so that the overlap is checked against the one in use.
+        # Only one of the two budgets is used (characters without a model); the
+        # Chunker checks the overlap against that one.
         config = ChunkConfig(max_tokens=budget, max_chars=budget,
                              overlap=overlap if overlap is not None else base.overlap)
+        chunker = Chunker(config, counter)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    counter = None if lexical else _token_counter(model)
-    chunker = Chunker(config, counter)
     failed = 0
     for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding):
         if isinstance(item, LoadFailure):

@@ -32,8 +32,10 @@ class ChunkConfig:
     def __post_init__(self) -> None:
         if self.max_tokens < 8 or self.max_chars < 8:
             raise ValueError(f"chunk budget must be at least 8, got tokens={self.max_tokens} chars={self.max_chars}")
-        if self.overlap < 0 or self.overlap >= min(self.max_tokens, self.max_chars):
-            raise ValueError(f"overlap must be >= 0 and smaller than the budget, got {self.overlap}")
+        # The overlap is in the unit in use (tokens with a model, characters
+        # without), which only the Chunker knows: it checks the upper bound.
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be >= 0, got {self.overlap}")
 
 
 @dataclass(frozen=True)

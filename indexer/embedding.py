@@ -450,7 +450,7 @@ class Embedder:
         dev = _pick_device(device)
         torch_dtype = _pick_dtype(dtype, dev)
         if dev.type == "cpu" and torch_dtype != torch.float32 and _cpu_has_amx_bf16() is False:
-            # bench/sections/embed.md: bf16 ran ~2x slower than fp32 on an avx512_bf16-only Xeon.
+            # BENCHMARKS.md "Embedding": bf16 ran ~2x slower than fp32 on an avx512_bf16-only Xeon.
             log.warning("%s on a CPU without AMX-BF16 is usually slower than float32; "
                         "use --dtype float32 unless you have measured otherwise", str(torch_dtype)[6:])
 

@@ -308,7 +308,7 @@ def passage_terms(text: str, title: str = "", headings: tuple[str, ...] | list[s
 
     Title terms let a question naming the article's subject (which the passage
     itself often leaves implicit: 「同市の人口は?」) reach the passage; on the
-    pooled eval corpus they raise span hit@5 by about 0.01 (bench/sections/query.md).
+    pooled eval corpus they raise span hit@5 by about 0.01 (BENCHMARKS.md "Query engine").
     """
     terms = lexical_terms(text)
     for context in (title, *headings):

@@ -33,7 +33,7 @@ MODES = ("hybrid", "dense", "lexical")
 CANDIDATE_FACTOR = 10
 # A filter whose matching vectors hold at most this many numbers (rows × dim) is
 # answered by an exact scan of them: 4M float16 numbers (2,340 rows of 1792-d,
-# 10,900 of 384-d) convert and score in ~21 ms (bench/filter_scan.py, bench/sections/query.md).
+# 10,900 of 384-d) convert and score in ~21 ms (bench/filter_scan.py, BENCHMARKS.md "Query engine").
 # Broader filters go through the ANN index restricted to the matching ids (a
 # FAISS IDSelector), then the exact rerank.
 EXACT_SCAN_ELEMENTS = 1 << 22

@@ -120,3 +120,15 @@ def test_help_explains_every_command_with_an_example():
         assert "Example" in r.output
     assert "--no-rerank" in run("search", "--help").output
     assert "--prune" in run("index", "--help").output
+
+
+def test_overlap_is_checked_against_the_budget_in_use(tmp_path, data_dir):
+    # Characters without a model: 300 of 1000 is fine even though it exceeds max_tokens.
+    r = run("index", data_dir, "--index", tmp_path / "ok", "--model", "none", "--max-chars", "1000",
+            "--overlap", "300", "--json")
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["index", str(data_dir), "--index", str(tmp_path / "bad"), "--model", "none",
+                                 "--max-chars", "200", "--overlap", "300"])
+    assert r.exit_code != 0
+    assert "overlap (300) must be smaller than the chunk budget (200 characters)" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "bad" / "manifest.json").exists()

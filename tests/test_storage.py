@@ -283,3 +283,21 @@ def test_an_error_inside_the_builder_commits_nothing_pending(tmp_path, tiny_mode
             raise RuntimeError("途中で失敗")
     with Searcher.open(idx, embedder=tiny_embedder) as s:
         assert s.info()["documents"] == 4
+
+
+def test_manifest_records_the_lexical_analysis_and_a_writer_refuses_another(tmp_path):
+    import json
+
+    from indexer import IndexBuilder
+    from indexer.errors import IndexFormatError
+    from indexer.japanese import LEXICAL_ANALYSIS_VERSION
+
+    idx = tmp_path / "idx"
+    with IndexBuilder.open(idx, model="none") as b:
+        b.add_documents([{"id": "a", "text": "東京は日本の首都である。"}])
+    manifest = json.loads((idx / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["lexical_analysis"] == LEXICAL_ANALYSIS_VERSION
+    manifest["lexical_analysis"] = LEXICAL_ANALYSIS_VERSION - 1
+    (idx / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(IndexFormatError, match="rebuild"):
+        IndexBuilder.open(idx, model="none")
