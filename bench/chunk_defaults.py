@@ -24,21 +24,13 @@ sys.path.insert(0, str(REPO))
 from indexer.builder import IndexBuilder  # noqa: E402
 from indexer.chunking import Chunker  # noqa: E402
 from indexer.config import ChunkConfig  # noqa: E402
+from bench.common import eval_corpus  # noqa: E402
 from search.evaluate import evaluate, load_queries  # noqa: E402
 from search.searcher import Searcher  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 SETS = ("jsquad-dev", "jaquad-train-sample")
 
-
-def corpus() -> list[dict]:
-    docs = []
-    for name in SETS:
-        with open(EVAL / name / "corpus.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                obj = json.loads(line)
-                docs.append({"id": obj["doc_id"], "title": obj["title"], "text": obj["text"]})
-    return docs
 
 
 def main() -> None:
@@ -51,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (EVAL / SETS[0]).exists():
         sys.exit(f"{EVAL} not found")
-    docs = corpus()
+    docs = eval_corpus()
     queries = []
     for name in SETS:
         qs, _skipped = load_queries(EVAL / name / "queries.jsonl")

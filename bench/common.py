@@ -28,6 +28,20 @@ RESULTS = REPO / "bench" / "results"
 SHARED_EVAL = REPO.parent / "shared" / "eval"
 
 
+EVAL_SETS = ("jsquad-dev", "jaquad-train-sample")
+
+
+def eval_corpus(sets: Sequence[str] = EVAL_SETS) -> list[dict]:
+    """The shared/eval corpora as IndexBuilder documents (id, title, text)."""
+    docs = []
+    for name in sets:
+        with open(SHARED_EVAL / name / "corpus.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                obj = json.loads(line)
+                docs.append({"id": obj["doc_id"], "title": obj["title"], "text": obj["text"]})
+    return docs
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on (cores, memory, CPU model, Python, load at start)."""
     info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version(),

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from indexer import IndexBuilder  # noqa: E402
 from indexer.config import ChunkConfig  # noqa: E402
 from search import Searcher  # noqa: E402
+from bench.common import eval_corpus  # noqa: E402
 from search.evaluate import EvalQuery, load_queries, score_ranking  # noqa: E402
 from search.results import Passage  # noqa: E402
 
@@ -40,15 +41,6 @@ CORPORA = ("jsquad-dev", "jaquad-train-sample")
 OUT = REPO / "bench" / "results" / "lexq"
 KS = (1, 5, 10)
 
-
-def load_docs() -> list[dict]:
-    docs = []
-    for name in CORPORA:
-        with open(EVAL / name / "corpus.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                obj = json.loads(line)
-                docs.append({"id": obj["doc_id"], "title": obj["title"], "text": obj["text"]})
-    return docs
 
 
 def build(max_chars: int, docs: list[dict]) -> tuple[Path, float]:
@@ -261,7 +253,7 @@ def main() -> None:
         sys.exit(f"{EVAL} is missing: the pooled eval corpus is needed")
     queries, skipped = load_queries(EVAL / "jsquad-dev" / "queries.jsonl")
     queries = queries[:args.limit] if args.limit else queries
-    docs = load_docs()
+    docs = eval_corpus()
     if args.speed:
         term_speed(docs)
         return

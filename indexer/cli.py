@@ -445,7 +445,9 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     base = ChunkConfig()
     budget = max_tokens if max_tokens is not None else max_chars
     budget = budget or (base.max_chars if lexical else base.max_tokens)
-    counter = None if lexical else _token_counter(model)
+    from indexer.embedding import load_token_counter
+
+    counter = None if lexical else load_token_counter(model)
     try:
         # Only one of the two budgets is used (characters without a model); the
         # Chunker checks the overlap against that one.
@@ -469,35 +471,6 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
                            + (f"({head}) " if head else "") + " ".join(c.text.split())[:80])
     if failed:
         sys.exit(1)
-
-
-def _token_counter(model: str):
-    """The chunk budget's counter for ``model``: its tokenizer alone, no weights loaded."""
-    from indexer.embedding import resolve_model_dir
-    from indexer.errors import ModelError
-
-    root, _ = resolve_model_dir(model)
-    tf_dir = root
-    try:
-        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
-        tf_path = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Transformer")), "")
-        tf_dir = root / tf_path if tf_path else root
-    except (OSError, ValueError):
-        pass
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tf_dir)
-    except Exception as exc:  # a directory without tokenizer files, a broken one...
-        raise ModelError(f"cannot load a tokenizer from {model!r} ({tf_dir}): {type(exc).__name__}: {exc}. "
-                         "Give a model directory with tokenizer files, or --model none to count characters") from None
-
-    def count(texts):
-        if not texts:
-            return []
-        return [len(ids) for ids in tok(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
-
-    return count
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ cheap (the GPU benchmark relies on it).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import numpy as np
 
 from indexer.errors import ModelError
 
-__all__ = ["Embedder", "ModelInfo", "resolve_model_dir", "POOLING_MODES"]
+__all__ = ["Embedder", "ModelInfo", "resolve_model_dir", "load_token_counter", "count_tokens_with", "POOLING_MODES"]
 
 log = logging.getLogger("mitsuke")
 
@@ -337,6 +338,35 @@ def _apply_lower_case(tokenizer) -> None:
 
 # --------------------------------------------------------------------------- devices and dtypes
 
+def count_tokens_with(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text without special tokens (the chunker's budget unit)."""
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def load_token_counter(name_or_path: str) -> Callable[[Sequence[str]], list[int]]:
+    """The chunker's counter for a model: its tokenizer alone, no weights loaded.
+
+    Counts exactly as ``Embedder.count_tokens`` (same tokenizer directory, same
+    lower-casing), at a fraction of the load time: for ``mitsuke chunk`` and benchmarks.
+    """
+    root, _ = resolve_model_dir(name_or_path)
+    recipe = _read_recipe(root, name_or_path)
+    tf_dir = root / recipe.transformer_path if recipe.transformer_path else root
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tf_dir)
+    except Exception as exc:  # a directory without tokenizer files, a broken one...
+        raise ModelError(f"cannot load a tokenizer from {name_or_path!r} ({tf_dir}): {type(exc).__name__}: {exc}. "
+                         "Give a model directory with tokenizer files, or --model none to count characters") from None
+    if recipe.do_lower_case:
+        _apply_lower_case(tokenizer)
+    return functools.partial(count_tokens_with, tokenizer)
+
+
 def _pick_device(device: str):
     import torch
 
@@ -584,10 +614,7 @@ class Embedder:
         >>> emb.count_tokens(["東京", ""])          # doctest: +SKIP
         [2, 0]
         """
-        if not texts:
-            return []
-        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
-        return [len(ids) for ids in enc["input_ids"]]
+        return count_tokens_with(self.tokenizer, texts)
 
     # ------------------------------------------------------------------ encoding
     def encode_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
