@@ -62,11 +62,12 @@ def env_for(embed_log: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_index(src, idx, model, embed_log, *extra, kill_at=None, kill_after=None) -> int:
+def run_index(src, idx, model, embed_log, *extra, kill_at=None, kill_after=None, sleep=None) -> int:
     cmd = [sys.executable, "-m", "indexer.cli", "index", str(src), "--index", str(idx), "--model", str(model),
            "--max-tokens", "24", "--max-chars", "40", "--batch-docs", "3", "--compact-min-rows", "0", "--json",
            *extra]
-    env = env_for(embed_log, **({"MITSUKE_TEST_KILL_AT": kill_at} if kill_at else {}))
+    env = env_for(embed_log, **({"MITSUKE_TEST_KILL_AT": kill_at} if kill_at else {}),
+                  **({"MITSUKE_TEST_SLEEP": sleep} if sleep else {}))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     if kill_after is not None:
         try:
@@ -151,10 +152,11 @@ def test_sigkill_at_any_moment_loses_nothing_and_reembeds_nothing(tmp_path, tiny
     kills = 0
     offset = 0
 
-    def attempt(*extra, kill_at=None, kill_after=None, model=tiny_model, index=idx, embedder=tiny_embedder):
+    def attempt(*extra, kill_at=None, kill_after=None, sleep=None, model=tiny_model, index=idx,
+                embedder=tiny_embedder):
         nonlocal kills, offset
         before, _ = committed(index)
-        rc = run_index(src, index, model, log, *extra, kill_at=kill_at, kill_after=kill_after)
+        rc = run_index(src, index, model, log, *extra, kill_at=kill_at, kill_after=kill_after, sleep=sleep)
         kills += rc == -signal.SIGKILL
         if kill_at:
             assert rc == -signal.SIGKILL, f"the run never reached {kill_at}"
@@ -197,7 +199,9 @@ def test_sigkill_at_any_moment_loses_nothing_and_reembeds_nothing(tmp_path, tiny
         # an unchanged folder may finish before the kill). Named to sort after
         # the files already there, so a clean build breaks score ties alike.
         write_corpus(src / "語彙" / f"追記{i:03d}", 15, seed=100 + i)
-        attempt(kill_after=rng.uniform(0.2, 1.2), **lex)
+        # Stalls around each commit stretch a run past the kill window whatever
+        # the machine's speed, so the kill lands inside the write path.
+        attempt(kill_after=rng.uniform(0.5, 2.5), sleep="before_commit:0.2,after_commit:0.2", **lex)
     assert attempt(**lex) == 0
     contents, results = clean_build(src, tmp_path / "lexclean", None, None)
     assert index_contents(lidx) == contents
