@@ -57,10 +57,27 @@ class VectorStore:
         self.path = Path(path)
         self.dim = dim
         self.row_bytes = dim * 2
-        self._map: np.memmap | None = None
-        self._map_rows = 0
-        self.epoch: int | None = None  # None: always the current file (the writer)
-        self._bind_lock = threading.Lock()
+        # Reader state is per thread: threads of one Searcher may hold SQLite
+        # snapshots on either side of a compaction, and each must read the rows
+        # of its own snapshot's epoch.
+        self._local = threading.local()
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this thread reads; None: always the current file (the writer)."""
+        return getattr(self._local, "epoch", None)
+
+    @property
+    def _map(self) -> np.memmap | None:
+        return getattr(self._local, "map", None)
+
+    @property
+    def _map_rows(self) -> int:
+        return getattr(self._local, "map_rows", 0)
+
+    def _set_map(self, mapped: np.memmap | None, rows: int) -> None:
+        self._local.map = mapped
+        self._local.map_rows = rows
 
     # ------------------------------------------------------------------ writer side
     @property
@@ -151,10 +168,9 @@ class VectorStore:
     # ------------------------------------------------------------------ reader side
     def bind(self, epoch: int) -> None:
         """Read rows numbered as in ``epoch`` (the epoch of the caller's SQLite snapshot)."""
-        with self._bind_lock:
-            if self.epoch != epoch:
-                self.close()
-                self.epoch = epoch
+        if self.epoch != epoch:
+            self.close()
+            self._local.epoch = epoch
 
     def _open_epoch(self, epoch: int):
         """An open file holding epoch ``epoch``'s rows.
@@ -195,8 +211,7 @@ class VectorStore:
                 if rows < need_rows:
                     raise IndexError(f"{fh.name} holds {rows} rows, row {need_rows - 1} was asked for")
                 # The map keeps the inode alive even if the name is replaced or unlinked later.
-                self._map = np.memmap(fh, dtype=np.float16, mode="r", shape=(rows, self.dim))
-            self._map_rows = rows
+                self._set_map(np.memmap(fh, dtype=np.float16, mode="r", shape=(rows, self.dim)), rows)
         return self._map
 
     def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
@@ -213,5 +228,5 @@ class VectorStore:
             yield i, self.read(rows[i:i + batch])
 
     def close(self) -> None:
-        self._map = None
-        self._map_rows = 0
+        """Drop this thread's map (other threads keep theirs until they rebind)."""
+        self._set_map(None, 0)

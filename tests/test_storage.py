@@ -301,3 +301,32 @@ def test_manifest_records_the_lexical_analysis_and_a_writer_refuses_another(tmp_
     (idx / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(IndexFormatError, match="rebuild"):
         IndexBuilder.open(idx, model="none")
+
+
+def test_threads_on_either_side_of_a_compaction_read_their_own_epoch(tmp_path):
+    """One Searcher, two threads, two SQLite snapshots: each reads its epoch's rows."""
+    import threading
+
+    from indexer.vectors import VectorStore, retired_path
+
+    path = tmp_path / "vectors.f16"
+    old = np.full((4, 8), 0.25, dtype=np.float32)   # epoch 0, kept as the retired link
+    new = np.full((4, 8), -0.5, dtype=np.float32)   # epoch 1, the current file
+    VectorStore(retired_path(path, 0), 8).append(old, at_row=0)
+    VectorStore(path, 8).append(new, at_row=0)
+    store = VectorStore(path, 8)
+    bound = threading.Barrier(2)
+    read = {}
+
+    def reader(epoch: int) -> None:
+        store.bind(epoch)
+        bound.wait()  # both threads bound before either reads
+        read[epoch] = store.read([1, 3])
+
+    threads = [threading.Thread(target=reader, args=(e,)) for e in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_array_equal(read[0], old[[1, 3]])
+    np.testing.assert_array_equal(read[1], new[[1, 3]])
