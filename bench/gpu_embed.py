@@ -7,8 +7,8 @@ normalisation, copy back to the host all included) at chunk lengths
 256/512/1024, plus a ragged mix and an out-of-memory recovery check.
 
 Needs only torch, transformers (with tokenizers) and numpy: the Embedder is
-imported from this repository without running ``indexer/__init__`` (which
-would pull in faiss, fugashi and sqlalchemy). Nothing is downloaded.
+imported from this repository, and ``indexer`` imports its storage stack
+(faiss, fugashi, sqlalchemy) only when the builder is used. Nothing is downloaded.
 
     python bench/gpu_embed.py                # on a CUDA machine, < 5 minutes on an H100/H200
     python bench/gpu_embed.py --smoke        # tiny shapes, any device: checks that the script works
@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +61,8 @@ N_WORDS = 1000
 
 
 def import_embedder():
-    """mitsuke's Embedder, without executing indexer/__init__.py (which imports the storage stack)."""
-    if "indexer" not in sys.modules:
-        pkg = types.ModuleType("indexer")
-        pkg.__path__ = [str(REPO / "indexer")]
-        sys.modules["indexer"] = pkg
+    """mitsuke's Embedder (``indexer`` loads faiss/sqlalchemy lazily, so this needs neither)."""
+    sys.path.insert(0, str(REPO))
     from indexer.embedding import Embedder
 
     return Embedder
