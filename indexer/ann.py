@@ -238,6 +238,11 @@ class AnnIndex:
             self._gpu_failed = True  # say it once, not on every search
             return None
 
+    def _from_gpu(self, gpu) -> None:
+        """Make the CPU master copy the GPU index's (trained or filled there); nprobe does not travel."""
+        self.index = _faiss().index_gpu_to_cpu(gpu)
+        self.index.nprobe = self.params.nprobe
+
     def _changed(self) -> None:
         self._gpu = None
 
@@ -250,8 +255,7 @@ class AnnIndex:
         log.info("training %s index on %d vectors%s", self.params.kind, len(x), " on the GPU" if gpu else "")
         if gpu is not None:
             gpu.train(x)
-            self.index = _faiss().index_gpu_to_cpu(gpu)
-            self.index.nprobe = self.params.nprobe
+            self._from_gpu(gpu)
         else:
             self.index.train(x)
         self._changed()
@@ -270,8 +274,7 @@ class AnnIndex:
             if len(ids):
                 target.add_with_ids(_as_stored(vecs), np.ascontiguousarray(ids, dtype=np.int64))
         if gpu is not None:
-            self.index = _faiss().index_gpu_to_cpu(gpu)
-            self.index.nprobe = self.params.nprobe
+            self._from_gpu(gpu)
         self._changed()
 
     def remove(self, ids) -> int:

@@ -325,8 +325,9 @@ class IndexBuilder:
         self.flush()
         keys = [k for k in dict.fromkeys(keys) if k in self._known]
         total = 0
-        for i in range(0, len(keys), max(self.batch_docs, 1) * 16):
-            part = keys[i:i + max(self.batch_docs, 1) * 16]
+        step = max(self.batch_docs, 1) * 16  # deletions are cheap: bigger transactions than adds
+        for i in range(0, len(keys), step):
+            part = keys[i:i + step]
             self._commit([], delete_doc_ids=[self._known[k][0] for k in part])
             for k in part:
                 del self._known[k]
