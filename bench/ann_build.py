@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.ann import AnnIndex, choose_params  # noqa: E402
-from indexer.recovery import _sample_rows  # noqa: E402
-from indexer.vectors import VectorStore  # noqa: E402
+from mitsuke.indexer.ann import AnnIndex, choose_params  # noqa: E402
+from mitsuke.indexer.recovery import _sample_rows  # noqa: E402
+from mitsuke.indexer.vectors import VectorStore  # noqa: E402
 
 GEN_BLOCK = 20_000
 ADD_BLOCK = 16_384

@@ -21,12 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from indexer.builder import IndexBuilder  # noqa: E402
-from indexer.chunking import Chunker  # noqa: E402
-from indexer.config import ChunkConfig  # noqa: E402
+from mitsuke.indexer.builder import IndexBuilder  # noqa: E402
+from mitsuke.indexer.chunking import Chunker  # noqa: E402
+from mitsuke.indexer.config import ChunkConfig  # noqa: E402
 from bench.common import eval_corpus  # noqa: E402
-from search.evaluate import evaluate, load_queries  # noqa: E402
-from search.searcher import Searcher  # noqa: E402
+from mitsuke.search.evaluate import evaluate, load_queries  # noqa: E402
+from mitsuke.search.searcher import Searcher  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 SETS = ("jsquad-dev", "jaquad-train-sample")

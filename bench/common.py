@@ -200,7 +200,7 @@ class PrecomputedEmbedder:
 
     @property
     def info(self):
-        from indexer.embedding import ModelInfo
+        from mitsuke.indexer.embedding import ModelInfo
 
         return ModelInfo(name=self.name, revision=None, dim=self.dim, pooling="none", normalize=True,
                          max_length=1_000_000)

@@ -17,8 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.vectors import VectorStore  # noqa: E402
-from search.rerank import exact_scores, exact_top_k  # noqa: E402
+from mitsuke.indexer.vectors import VectorStore  # noqa: E402
+from mitsuke.search.rerank import exact_scores, exact_top_k  # noqa: E402
 
 DIM = 1792
 

@@ -63,7 +63,7 @@ N_WORDS = 1000
 def import_embedder():
     """mitsuke's Embedder (``indexer`` loads faiss/sqlalchemy lazily, so this needs neither)."""
     sys.path.insert(0, str(REPO))
-    from indexer.embedding import Embedder
+    from mitsuke.indexer.embedding import Embedder
 
     return Embedder
 

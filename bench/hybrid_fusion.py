@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from indexer import IndexBuilder  # noqa: E402
-from search import Searcher  # noqa: E402
-from search.evaluate import load_queries, score_ranking  # noqa: E402
+from mitsuke.indexer import IndexBuilder  # noqa: E402
+from mitsuke.search import Searcher  # noqa: E402
+from mitsuke.search.evaluate import load_queries, score_ranking  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval" / "jsquad-dev"
 OUT = REPO / "bench" / "results" / "hybrid"

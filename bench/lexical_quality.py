@@ -29,12 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from indexer import IndexBuilder  # noqa: E402
-from indexer.config import ChunkConfig  # noqa: E402
-from search import Searcher  # noqa: E402
+from mitsuke.indexer import IndexBuilder  # noqa: E402
+from mitsuke.indexer.config import ChunkConfig  # noqa: E402
+from mitsuke.search import Searcher  # noqa: E402
 from bench.common import eval_corpus  # noqa: E402
-from search.evaluate import EvalQuery, load_queries, score_ranking  # noqa: E402
-from search.results import Passage  # noqa: E402
+from mitsuke.search.evaluate import EvalQuery, load_queries, score_ranking  # noqa: E402
+from mitsuke.search.results import Passage  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 CORPORA = ("jsquad-dev", "jaquad-train-sample")
@@ -77,7 +77,7 @@ def shipped(path: Path, queries: list[EvalQuery]) -> tuple[dict[str, float], flo
 
 def analyse(text: str):
     """(surface, pos1, pos2, lemma, orthBase) per morpheme of NFKC + lower-cased ``text``."""
-    from indexer.japanese import get_tagger
+    from mitsuke.indexer.japanese import get_tagger
 
     norm = unicodedata.normalize("NFKC", text).lower()
     out = []
@@ -177,7 +177,7 @@ def _passage(r) -> Passage:
 
 def term_speed(docs: list[dict]) -> None:
     """Characters per second of lexical_terms vs per-node feature access (the old path)."""
-    from indexer.japanese import get_tagger, lexical_terms
+    from mitsuke.indexer.japanese import get_tagger, lexical_terms
 
     texts = [d["text"] for d in docs]
     chars = sum(len(t) for t in texts)
@@ -211,7 +211,7 @@ def latency(path: Path, queries: list[EvalQuery]) -> None:
     """Median / p95 ms per query: the BM25 SQL with and without common-term pruning, and a whole search."""
     import numpy as np
 
-    from search.lexical import bm25_search
+    from mitsuke.search.lexical import bm25_search
 
     with Searcher.open(path) as s:
         n = s.info()["chunks"]

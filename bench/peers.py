@@ -87,8 +87,8 @@ def load_questions(n: int, seed: int = 0) -> list[str]:
 
 def eval_passages(docs: list[dict[str, Any]]) -> list[str]:
     """The passages mitsuke itself makes of the corpus (lexical default budget), deduplicated."""
-    from indexer.chunking import Chunker
-    from indexer.config import ChunkConfig
+    from mitsuke.indexer.chunking import Chunker
+    from mitsuke.indexer.config import ChunkConfig
 
     chunker = Chunker(ChunkConfig())
     seen: dict[str, None] = {}
@@ -137,8 +137,8 @@ class Mitsuke(System):
     name = "mitsuke"
 
     def build(self, workdir, ids, texts, emb):
-        from indexer.builder import IndexBuilder
-        from indexer.config import ChunkConfig
+        from mitsuke.indexer.builder import IndexBuilder
+        from mitsuke.indexer.config import ChunkConfig
 
         path = workdir / "mitsuke"
         # One chunk per passage (budget above any passage) and no title context:
@@ -157,7 +157,7 @@ class Mitsuke(System):
         return path
 
     def open(self, path: Path) -> None:
-        from search.searcher import Searcher
+        from mitsuke.search.searcher import Searcher
 
         self.searcher = Searcher.open(path, embedder=self.emb)
 
@@ -255,7 +255,7 @@ def versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = "not installed"
-    from indexer import __version__
+    from mitsuke import __version__
 
     out["mitsuke"] = __version__
     return out

@@ -37,7 +37,7 @@ def model_dir() -> str:
 
 
 def build(index: Path, embedder) -> None:
-    from indexer import IndexBuilder
+    from mitsuke.indexer import IndexBuilder
 
     if (index / "manifest.json").exists():
         return
@@ -71,8 +71,8 @@ def main() -> None:
 
     torch.set_num_threads(args.torch_threads)
 
-    from indexer.embedding import Embedder
-    from search import Searcher
+    from mitsuke.indexer.embedding import Embedder
+    from mitsuke.search import Searcher
 
     embedder = Embedder.from_pretrained(model_dir(), device="cpu")
     build(args.index, embedder)

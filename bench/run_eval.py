@@ -3,7 +3,7 @@
 The pooled index holds jsquad-dev + jaquad-train-sample (459 Japanese
 Wikipedia articles, ~8.6k passages): each question is searched among both
 corpora, a harder space than either alone. Everything goes through the
-real CLI (`python -m indexer.cli`), exactly as a user would run it:
+real CLI (`python -m mitsuke.cli`), exactly as a user would run it:
 
     mitsuke index ../shared/eval/jsquad-dev/corpus.jsonl \\
                   ../shared/eval/jaquad-train-sample/corpus.jsonl --index DIR --model none
@@ -33,7 +33,7 @@ SETS = ("jsquad-dev", "jaquad-train-sample")
 
 def mitsuke(*args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "indexer.cli", *args]
+    cmd = [sys.executable, "-m", "mitsuke.cli", *args]
     print("$ mitsuke " + " ".join(args), flush=True)
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:

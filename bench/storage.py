@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.japanese import lexical_terms  # noqa: E402
-from indexer.store import MetadataStore  # noqa: E402
-from indexer.vectors import VectorStore  # noqa: E402
+from mitsuke.indexer.japanese import lexical_terms  # noqa: E402
+from mitsuke.indexer.store import MetadataStore  # noqa: E402
+from mitsuke.indexer.vectors import VectorStore  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -1,30 +1,26 @@
-"""mitsuke write side: load, chunk, embed and store Japanese documents.
+"""mitsuke's write side: load, chunk, embed and store Japanese documents.
 
->>> from indexer import IndexBuilder
+>>> from mitsuke.indexer import IndexBuilder
 >>> with IndexBuilder.open("my-index", model="none") as b:   # doctest: +SKIP
 ...     b.add_paths(["docs/"])
 """
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from indexer.errors import MitsukeError
+from mitsuke.indexer.errors import MitsukeError
 
 if TYPE_CHECKING:
-    from indexer.builder import IndexBuilder, IndexSummary
+    from mitsuke.indexer.builder import IndexBuilder, IndexSummary
 
 __all__ = ["IndexBuilder", "IndexSummary", "MitsukeError"]
-__version__ = "0.1.0"
-
-logging.getLogger("mitsuke").addHandler(logging.NullHandler())
 
 
-def __getattr__(name: str):
-    # Lazy: `import indexer.embedding` (the GPU benchmark, `mitsuke --help`) must
-    # not pull in SQLAlchemy and FAISS through the builder.
+def __getattr__(name: str) -> Any:
+    # Lazy: `import mitsuke.indexer.embedding` (the GPU benchmark, `mitsuke --help`)
+    # must not pull in SQLAlchemy and FAISS through the builder.
     if name in ("IndexBuilder", "IndexSummary"):
-        from indexer import builder
+        from mitsuke.indexer import builder
 
         return getattr(builder, name)
-    raise AttributeError(f"module 'indexer' has no attribute {name!r}")
+    raise AttributeError(f"module 'mitsuke.indexer' has no attribute {name!r}")

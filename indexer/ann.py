@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.manifest import fault_point, fsync_dir
+from mitsuke.indexer.manifest import fault_point, fsync_dir
 
 __all__ = [
     "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_nlist", "gpu_cloner_settings", "gpu_count",

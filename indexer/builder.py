@@ -37,16 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from indexer.ann import AnnIndex, AnnParams, choose_params
-from indexer.chunking import Chunk, Chunker
-from indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
-from indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
-from indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
-from indexer.loaders import Document, LoadFailure, iter_documents
-from indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
-from indexer.recovery import load_ann, rebuild_ann
-from indexer.store import MetadataStore
-from indexer.vectors import VectorStore
+from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_params
+from mitsuke.indexer.chunking import Chunk, Chunker
+from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
+from mitsuke.indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
+from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
+from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
+from mitsuke.indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
+from mitsuke.indexer.recovery import load_ann, rebuild_ann
+from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["IndexBuilder", "IndexSummary", "embedding_input"]
 
@@ -201,7 +201,7 @@ class IndexBuilder:
                         "changing it needs a new index"
                     )
             if embedder is None and not lexical_only:
-                from indexer.embedding import Embedder, ModelInfo
+                from mitsuke.indexer.embedding import Embedder, ModelInfo
 
                 recorded = manifest.get("model") if manifest else None  # reopen: the recorded directory/revision
                 embedder = Embedder.from_pretrained(

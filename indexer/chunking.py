@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from indexer.config import ChunkConfig
-from indexer.japanese import CLOSE_BRACKETS, OPEN_BRACKETS, get_tagger, punctuation_pieces, sentence_spans
+from mitsuke.indexer.config import ChunkConfig
+from mitsuke.indexer.japanese import CLOSE_BRACKETS, OPEN_BRACKETS, get_tagger, punctuation_pieces, sentence_spans
 
 __all__ = ["Chunk", "Chunker", "markdown_sections"]
 

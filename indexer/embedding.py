@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from indexer.errors import ModelError
+from mitsuke.indexer.errors import ModelError
 
 __all__ = ["Embedder", "ModelInfo", "resolve_model_dir", "load_token_counter", "count_tokens_with", "POOLING_MODES"]
 

@@ -20,7 +20,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from indexer.errors import LoadError
+from mitsuke.indexer.errors import LoadError
 
 __all__ = [
     "Document",

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import IndexFormatError, LockedError
+from mitsuke.indexer.errors import IndexFormatError, LockedError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "read_manifest", "write_manifest", "atomic_write_bytes", "fsync_dir",
            "WriterLock", "fault_point"]

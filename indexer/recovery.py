@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Connection
 
-from indexer.ann import AnnIndex, AnnParams
-from indexer.store import MetadataStore
-from indexer.vectors import VectorStore
+from mitsuke.indexer.ann import AnnIndex, AnnParams
+from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "TRAIN_SEED"]
 

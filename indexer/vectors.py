@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.manifest import fault_point, fsync_dir
+from mitsuke.indexer.manifest import fault_point, fsync_dir
 
 __all__ = ["VectorStore", "compact_path", "retired_path"]
 

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, and_, select
 
-from indexer.errors import QueryError
-from indexer.store import chunks
-from search.results import Passage
+from mitsuke.indexer.errors import QueryError
+from mitsuke.indexer.store import chunks
+from mitsuke.search.results import Passage
 
 if TYPE_CHECKING:
-    from search.searcher import Searcher
+    from mitsuke.search.searcher import Searcher
 
 __all__ = [
     "Span",

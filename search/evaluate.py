@@ -32,7 +32,7 @@ out of the span and doc families (``doc_not_in_index``), and when none of the
 is the article title): they are scored apart, document hit only, under
 ``title_questions``.
 
->>> from search import Searcher                                   # doctest: +SKIP
+>>> from mitsuke.search import Searcher                                   # doctest: +SKIP
 >>> qs = load_queries("../shared/eval/jsquad-dev/queries.jsonl")   # doctest: +SKIP
 >>> report = evaluate(Searcher.open("idx"), qs, (1, 5, 10), mode="lexical")   # doctest: +SKIP
 >>> report.metrics["span_hit@5"]                                  # doctest: +SKIP
@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from indexer.errors import MitsukeError
-from search.results import Passage
+from mitsuke.indexer.errors import MitsukeError
+from mitsuke.search.results import Passage
 
 __all__ = [
     "EvalError",
@@ -283,7 +283,7 @@ class EvalReport:
 
 def _chunk_spans(searcher, keys: Iterable[str]) -> dict[str, list[tuple[int, int]]]:
     """``doc_key -> [(char_start, char_end), ...]`` of the index's live chunks, for the given keys."""
-    from indexer.store import chunks, documents
+    from mitsuke.indexer.store import chunks, documents
 
     wanted = sorted(set(keys))
     out: dict[str, list[tuple[int, int]]] = {k: [] for k in wanted}
@@ -425,7 +425,7 @@ def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int
         **{k: v for k, v in search_kwargs.items() if v is not None and not (k == "fusion" and mode != "hybrid")},
     }
     try:
-        from indexer import __version__
+        from mitsuke import __version__
 
         settings["mitsuke"] = __version__
     except ImportError:  # pragma: no cover - the package always has it

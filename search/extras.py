@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from indexer.errors import MitsukeError
+from mitsuke.indexer.errors import MitsukeError
 
 __all__ = ["MissingExtraError", "require"]
 

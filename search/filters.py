@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from indexer.errors import QueryError
+from mitsuke.indexer.errors import QueryError
 
 __all__ = ["Filter", "compile_where", "parse_where", "filtered_vectors", "matching_chunk_ids", "BUILTIN_FIELDS"]
 

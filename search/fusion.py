@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from indexer.errors import QueryError
+from mitsuke.indexer.errors import QueryError
 
 __all__ = ["rrf", "weighted", "fuse", "check_weights", "RRF_C", "FUSIONS"]
 

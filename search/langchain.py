@@ -1,7 +1,7 @@
 """LangChain retriever over a mitsuke index (``pip install "mitsuke[langchain]"``).
 
->>> from search import Searcher
->>> from search.langchain import MitsukeRetriever
+>>> from mitsuke.search import Searcher
+>>> from mitsuke.search.langchain import MitsukeRetriever
 >>> retriever = MitsukeRetriever(searcher=Searcher.open("my-index"), k=5)      # doctest: +SKIP
 >>> docs = retriever.invoke("更科蕎麦とはなんですか?")                          # doctest: +SKIP
 >>> docs[0].metadata["doc_key"], docs[0].metadata["char_start"], docs[0].metadata["score"]  # doctest: +SKIP
@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search.context import ContextPassage, retrieve_passages
-from search.extras import require
-from search.searcher import Searcher
+from mitsuke.search.context import ContextPassage, retrieve_passages
+from mitsuke.search.extras import require
+from mitsuke.search.searcher import Searcher
 
-_retrievers = require("langchain_core.retrievers", "langchain", "search.langchain")
-_documents = require("langchain_core.documents", "langchain", "search.langchain")
-_callbacks = require("langchain_core.callbacks", "langchain", "search.langchain")
-_pydantic = require("pydantic", "langchain", "search.langchain")
+_retrievers = require("langchain_core.retrievers", "langchain", "mitsuke.search.langchain")
+_documents = require("langchain_core.documents", "langchain", "mitsuke.search.langchain")
+_callbacks = require("langchain_core.callbacks", "langchain", "mitsuke.search.langchain")
+_pydantic = require("pydantic", "langchain", "mitsuke.search.langchain")
 
 BaseRetriever = _retrievers.BaseRetriever
 Document = _documents.Document

@@ -13,8 +13,8 @@ import logging
 
 from sqlalchemy import Connection, text
 
-from indexer.japanese import lexical_terms
-from search.filters import Filter
+from mitsuke.indexer.japanese import lexical_terms
+from mitsuke.search.filters import Filter
 
 __all__ = ["fts_query", "query_terms", "bm25_search", "MAX_QUERY_TERMS"]
 

@@ -1,7 +1,7 @@
 """LlamaIndex retriever over a mitsuke index (``pip install "mitsuke[llamaindex]"``).
 
->>> from search import Searcher
->>> from search.llamaindex import MitsukeRetriever
+>>> from mitsuke.search import Searcher
+>>> from mitsuke.search.llamaindex import MitsukeRetriever
 >>> retriever = MitsukeRetriever(Searcher.open("my-index"), k=5)     # doctest: +SKIP
 >>> nodes = retriever.retrieve("更科蕎麦とはなんですか?")              # doctest: +SKIP
 >>> nodes[0].score, nodes[0].node.metadata["doc_key"], nodes[0].node.start_char_idx  # doctest: +SKIP
@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search.context import ContextPassage, retrieve_passages
-from search.extras import require
-from search.searcher import Searcher
+from mitsuke.search.context import ContextPassage, retrieve_passages
+from mitsuke.search.extras import require
+from mitsuke.search.searcher import Searcher
 
-_retrievers = require("llama_index.core.retrievers", "llamaindex", "search.llamaindex")
-_schema = require("llama_index.core.schema", "llamaindex", "search.llamaindex")
+_retrievers = require("llama_index.core.retrievers", "llamaindex", "mitsuke.search.llamaindex")
+_schema = require("llama_index.core.schema", "llamaindex", "mitsuke.search.llamaindex")
 
 BaseRetriever = _retrievers.BaseRetriever
 NodeWithScore = _schema.NodeWithScore

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexer.vectors import VectorStore
+from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["exact_scores", "exact_top_k", "SCAN_BLOCK_ROWS"]
 

@@ -9,19 +9,19 @@ from typing import Any
 
 import numpy as np
 
-from indexer.ann import AnnIndex, AnnParams
-from indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
-from indexer.errors import IndexFormatError, ModelMismatchError, QueryError
-from indexer.japanese import LEXICAL_ANALYSIS_VERSION
-from indexer.manifest import read_manifest
-from indexer.recovery import catch_up_ann, load_ann, rebuild_ann
-from indexer.store import ChunkRow, MetadataStore
-from indexer.vectors import VectorStore
-from search.filters import Filter, compile_where, filtered_vectors
-from search.fusion import FUSIONS, check_weights, fuse
-from search.lexical import bm25_search
-from search.rerank import exact_scores, exact_top_k
-from search.results import Passage
+from mitsuke.indexer.ann import AnnIndex, AnnParams
+from mitsuke.indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
+from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError, QueryError
+from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
+from mitsuke.indexer.manifest import read_manifest
+from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
+from mitsuke.indexer.store import ChunkRow, MetadataStore
+from mitsuke.indexer.vectors import VectorStore
+from mitsuke.search.filters import Filter, compile_where, filtered_vectors
+from mitsuke.search.fusion import FUSIONS, check_weights, fuse
+from mitsuke.search.lexical import bm25_search
+from mitsuke.search.rerank import exact_scores, exact_top_k
+from mitsuke.search.results import Passage
 
 __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 
@@ -154,7 +154,7 @@ class Searcher:
     @property
     def embedder(self):
         if self._embedder is None:
-            from indexer.embedding import Embedder, ModelInfo
+            from mitsuke.indexer.embedding import Embedder, ModelInfo
 
             with self._load_lock:
                 if self._embedder is None:
@@ -177,7 +177,7 @@ class Searcher:
                     self._ann, _ = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
                                             int(info.get("generation", 0)), generation)
                 else:
-                    from indexer.ann import choose_params
+                    from mitsuke.indexer.ann import choose_params
 
                     cfg = self.manifest.get("ann_config", {})
                     n = self.store.counts(conn)["chunks"]
@@ -432,7 +432,7 @@ class Searcher:
         >>> ctx = s.retrieve_context("豊岡市の冬は?", k=5, max_chars=2000, neighbors=1)  # doctest: +SKIP
         >>> print(ctx.render())                                                         # doctest: +SKIP
         """
-        from search.context import retrieve_context
+        from mitsuke.search.context import retrieve_context
 
         return retrieve_context(self, query, k=k, max_chars=max_chars, neighbors=neighbors, mode=mode,
                                 **search_kwargs)

@@ -99,7 +99,7 @@ def tiny_model_left(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model):
-    from indexer.embedding import Embedder
+    from mitsuke.indexer.embedding import Embedder
 
     return Embedder.from_pretrained(str(tiny_model), device="cpu")
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.ann import (
+from mitsuke.indexer.ann import (
     FLAT_THRESHOLD, GPU_PQ_M, GPU_SHARED_MEM, PQ_MIN_TRAIN, AnnIndex, AnnParams, choose_m, choose_params,
     gpu_cloner_settings, gpu_count,
 )

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.chunking import Chunk, Chunker, markdown_sections
-from indexer.config import ChunkConfig
-from indexer.japanese import morpheme_spans, sentence_spans
+from mitsuke.indexer.chunking import Chunk, Chunker, markdown_sections
+from mitsuke.indexer.config import ChunkConfig
+from mitsuke.indexer.japanese import morpheme_spans, sentence_spans
 
 REPO = Path(__file__).resolve().parent.parent
 EVAL = REPO.parent / "shared" / "eval"
@@ -343,7 +343,7 @@ def test_every_eval_document_chunks_exactly():
 def run_cli(*args, input=None):
     from click.testing import CliRunner
 
-    from indexer.cli import cli
+    from mitsuke.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
 

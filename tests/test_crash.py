@@ -1,6 +1,6 @@
 """kill -9 at any moment (invariant 6), and readers during writes (invariant 5).
 
-The indexer runs as a real subprocess (`python -m indexer.cli index`) over a
+The indexer runs as a real subprocess (`python -m mitsuke.cli index`) over a
 real Japanese corpus with the tiny model; it is SIGKILLed at named points of
 the write path (``MITSUKE_TEST_KILL_AT``: mid vector write, before and after
 the SQLite commit, mid ANN save, mid manifest replace, at each compaction
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from indexer import IndexBuilder
-from indexer.config import ChunkConfig
-from indexer.store import MetadataStore, chunks, documents
-from search import Searcher
+from mitsuke.indexer import IndexBuilder
+from mitsuke.indexer.config import ChunkConfig
+from mitsuke.indexer.store import MetadataStore, chunks, documents
+from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def env_for(embed_log: Path, **extra: str) -> dict[str, str]:
 
 
 def run_index(src, idx, model, embed_log, *extra, kill_at=None, kill_after=None, sleep=None) -> int:
-    cmd = [sys.executable, "-m", "indexer.cli", "index", str(src), "--index", str(idx), "--model", str(model),
+    cmd = [sys.executable, "-m", "mitsuke.cli", "index", str(src), "--index", str(idx), "--model", str(model),
            "--max-tokens", "24", "--max-chars", "40", "--batch-docs", "3", "--compact-min-rows", "0", "--json",
            *extra]
     env = env_for(embed_log, **({"MITSUKE_TEST_KILL_AT": kill_at} if kill_at else {}),
@@ -212,8 +212,8 @@ def test_sigkill_at_any_moment_loses_nothing_and_reembeds_nothing(tmp_path, tiny
 READER = textwrap.dedent("""
     import sys, time, numpy as np
     from pathlib import Path
-    from search import Searcher
-    from indexer.embedding import Embedder
+    from mitsuke.search import Searcher
+    from mitsuke.indexer.embedding import Embedder
     from sqlalchemy import text
     idx, model, stop = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     emb = Embedder.from_pretrained(model, device="cpu")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from indexer import IndexBuilder
-from indexer.cli import cli
-from search import Searcher
+from mitsuke.indexer import IndexBuilder
+from mitsuke.cli import cli
+from mitsuke.search import Searcher
 
 
 def run(*args, input=None):

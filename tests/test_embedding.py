@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, with_prompts
-from indexer.config import EmbedConfig
-from indexer.embedding import Embedder
-from indexer.errors import ModelError, ModelMismatchError
+from mitsuke.indexer.config import EmbedConfig
+from mitsuke.indexer.embedding import Embedder
+from mitsuke.indexer.errors import ModelError, ModelMismatchError
 
 ST = pytest.importorskip("sentence_transformers")
 
@@ -330,13 +330,11 @@ def test_plain_transformers_model_gets_sentence_transformers_default_pooling(tin
 def test_importing_the_embedder_loads_nothing_heavy():
     """bench/gpu_embed.py imports it on machines without faiss, fugashi or sqlalchemy."""
     code = (
-        "import sys, types; pkg = types.ModuleType('indexer'); pkg.__path__ = [sys.argv[1]]; "
-        "sys.modules['indexer'] = pkg; import indexer.embedding; "
+        "import mitsuke.indexer.embedding, sys; "
         "heavy = [m for m in ('torch', 'transformers', 'faiss', 'fugashi', 'sqlalchemy') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(REPO / "indexer")], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == ""
 
 
@@ -344,8 +342,8 @@ def test_importing_the_embedder_loads_nothing_heavy():
 
 def test_manifest_records_the_model_and_other_models_are_refused(tiny_model, tiny_model_left, tiny_embedder,
                                                                  tmp_path, monkeypatch):
-    from indexer import IndexBuilder
-    from search import Searcher
+    from mitsuke.indexer import IndexBuilder
+    from mitsuke.search import Searcher
 
     idx = tmp_path / "idx"
     with IndexBuilder.open(idx, model=str(tiny_model), embedder=tiny_embedder) as b:
@@ -374,8 +372,8 @@ def test_manifest_records_the_model_and_other_models_are_refused(tiny_model, tin
 
 
 def test_an_index_built_from_a_relative_model_path_opens_from_anywhere(tiny_model, tmp_path, monkeypatch):
-    from indexer import IndexBuilder
-    from search import Searcher
+    from mitsuke.indexer import IndexBuilder
+    from mitsuke.search import Searcher
 
     monkeypatch.chdir(tiny_model.parent)
     idx = tmp_path / "idx"
@@ -391,7 +389,7 @@ def test_an_index_built_from_a_relative_model_path_opens_from_anywhere(tiny_mode
 def test_index_command_says_which_device_and_dtype_it_embeds_with(tmp_path, tiny_model, dtype, shown):
     from click.testing import CliRunner
 
-    from indexer.cli import cli
+    from mitsuke.cli import cli
 
     docs = tmp_path / "docs"
     docs.mkdir()

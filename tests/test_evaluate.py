@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.cli import cli
-from search.evaluate import EvalQuery, load_queries, normalize_answer, score_ranking
-from search.results import Passage
+from mitsuke.cli import cli
+from mitsuke.search.evaluate import EvalQuery, load_queries, normalize_answer, score_ranking
+from mitsuke.search.results import Passage
 
 REPO = Path(__file__).resolve().parent.parent
 JSQUAD = REPO.parent / "shared" / "eval" / "jsquad-dev"
@@ -212,7 +212,7 @@ def _independent_scores(hits_by_q: list[tuple[dict, list[dict]]], chunks_by_doc:
                         ks: list[int]) -> tuple[dict, dict, dict, dict]:
     """Score `mitsuke search --json` output from first principles (eval README definitions).
 
-    Written separately from search.evaluate on purpose: only the JSON search
+    Written separately from mitsuke.search.evaluate on purpose: only the JSON search
     output, the question file and the index's own chunk table go in.
     """
     def norm(s):

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer import IndexBuilder
-from indexer.errors import QueryError
-from search import Searcher
-from search.filters import compile_where, filtered_vectors, matching_chunk_ids, parse_where
+from mitsuke.indexer import IndexBuilder
+from mitsuke.indexer.errors import QueryError
+from mitsuke.search import Searcher
+from mitsuke.search.filters import compile_where, filtered_vectors, matching_chunk_ids, parse_where
 
 DOCS = [
     {"id": "news/2020/東京.txt", "title": "東京", "text": "東京の記事。", "year": 2020, "lang": "ja",

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer import IndexBuilder
-from indexer.chunking import Chunker
-from indexer.config import ChunkConfig
-from indexer.loaders import Document, LoadFailure, iter_documents
-from search import Searcher
+from mitsuke.indexer import IndexBuilder
+from mitsuke.indexer.chunking import Chunker
+from mitsuke.indexer.config import ChunkConfig
+from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
+from mitsuke.search import Searcher
 
 # name -> (bytes, a query that only this document answers)
 GOOD: dict[str, tuple[bytes, str]] = {

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import IndexBuilder
-from indexer.errors import QueryError
-from search import Searcher
-from search.lexical import bm25_search
+from mitsuke.indexer import IndexBuilder
+from mitsuke.indexer.errors import QueryError
+from mitsuke.search import Searcher
+from mitsuke.search.lexical import bm25_search
 
 HOSTILE = [
     '"',

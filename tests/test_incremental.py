@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import IndexBuilder
-from indexer.cli import cli
-from indexer.config import AnnConfig
-from search import Searcher
+from mitsuke.indexer import IndexBuilder
+from mitsuke.cli import cli
+from mitsuke.indexer.config import AnnConfig
+from mitsuke.search import Searcher
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 QUERIES = ["豊岡市の気候", "清水建設の創業者", "空港の滑走路", "東京の人口", "蕎麦", "ｶﾀｶﾅ", "１２３"]

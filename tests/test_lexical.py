@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer import IndexBuilder
-from indexer.japanese import lexical_terms, passage_terms
-from search import Searcher
-from search.filters import compile_where
-from search.lexical import MAX_QUERY_TERMS, bm25_search, fts_query
+from mitsuke.indexer import IndexBuilder
+from mitsuke.indexer.japanese import lexical_terms, passage_terms
+from mitsuke.search import Searcher
+from mitsuke.search.filters import compile_where
+from mitsuke.search.lexical import MAX_QUERY_TERMS, bm25_search, fts_query
 
 CORPUS = {
     "tokyo": ("東京", "東京は日本の首都で、人口は約千四百万人である。"),

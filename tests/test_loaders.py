@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from indexer.errors import LoadError
-from indexer.loaders import Document, LoadFailure, decode_bytes, documents_from_jsonl, html_to_text, iter_documents
+from mitsuke.indexer.errors import LoadError
+from mitsuke.indexer.loaders import Document, LoadFailure, decode_bytes, documents_from_jsonl, html_to_text, iter_documents
 
 SAMPLES = [
     "豊岡市は兵庫県の北部に位置する市である。",

@@ -11,15 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA, REPO
-from indexer import IndexBuilder
-from indexer.chunking import Chunker
-from indexer.config import ChunkConfig
-from indexer.errors import MitsukeError, QueryError
-from search import Passage, Searcher
-from search.context import (
+from mitsuke.indexer import IndexBuilder
+from mitsuke.indexer.chunking import Chunker
+from mitsuke.indexer.config import ChunkConfig
+from mitsuke.indexer.errors import MitsukeError, QueryError
+from mitsuke.search import Passage, Searcher
+from mitsuke.search.context import (
     MIN_CUT_CHARS, SPAN_SEPARATOR, ChunkPiece, Context, assemble, neighbour_chunks, retrieve_context,
 )
-from search.extras import MissingExtraError
+from mitsuke.search.extras import MissingExtraError
 
 QUESTIONS = [
     "豊岡市の年間平均降雪量はどれくらい？",
@@ -248,8 +248,8 @@ def test_assembly_invariants(data, neighbors, max_chars):
 
 # ---------------------------------------------------------------------- optional extras
 @pytest.mark.parametrize("module, blocked, extra", [
-    ("search.langchain", "langchain_core", "langchain"),
-    ("search.llamaindex", "llama_index", "llamaindex"),
+    ("mitsuke.search.langchain", "langchain_core", "langchain"),
+    ("mitsuke.search.llamaindex", "llama_index", "llamaindex"),
 ])
 def test_missing_extra_names_the_pip_command(monkeypatch, module, blocked, extra):
     for name in [m for m in sys.modules if m == blocked or m.startswith(blocked + ".")]:
@@ -262,10 +262,9 @@ def test_missing_extra_names_the_pip_command(monkeypatch, module, blocked, extra
 
 
 def test_importing_search_does_not_import_the_frameworks():
-    code = ("import sys, search, search.context; "
+    code = ("import sys, mitsuke.search, mitsuke.search.context; "
             "print(sorted(m for m in ('langchain_core', 'llama_index') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -291,7 +290,7 @@ def same_as_search(searcher, q, k, mode, items):
 def test_langchain_retriever_returns_search_order_with_citations(dense, mode):
     from langchain_core.documents import Document
 
-    from search.langchain import MitsukeRetriever
+    from mitsuke.search.langchain import MitsukeRetriever
 
     retriever = MitsukeRetriever(searcher=dense, k=4, mode=mode)
     for q in QUESTIONS[:5]:
@@ -311,7 +310,7 @@ def test_langchain_retriever_in_a_chain_async_and_batched(plain):
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-    from search.langchain import MitsukeRetriever
+    from mitsuke.search.langchain import MitsukeRetriever
 
     retriever = MitsukeRetriever.from_index(plain.path, k=3, neighbors=1, max_chars=900)
     q = "豊岡市の年間平均降雪量はどれくらい？"
@@ -338,7 +337,7 @@ def test_langchain_retriever_in_a_chain_async_and_batched(plain):
 def test_llamaindex_retriever_returns_search_order_with_citations(dense, mode):
     from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 
-    from search.llamaindex import MitsukeRetriever
+    from mitsuke.search.llamaindex import MitsukeRetriever
 
     retriever = MitsukeRetriever(dense, k=4, mode=mode)
     docs_text = originals()
@@ -359,7 +358,7 @@ def test_llamaindex_retriever_in_a_query_engine_and_async(plain):
     from llama_index.core.llms import MockLLM
     from llama_index.core.query_engine import RetrieverQueryEngine
 
-    from search.llamaindex import MitsukeRetriever
+    from mitsuke.search.llamaindex import MitsukeRetriever
 
     q = "清水建設の創業者は誰ですか"
     retriever = MitsukeRetriever.from_index(plain.path, k=3, neighbors=1, max_chars=800)

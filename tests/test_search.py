@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from indexer import IndexBuilder
-from indexer.cli import cli
-from indexer.config import AnnConfig
-from indexer.errors import QueryError
-from search import Passage, Searcher
-from search import searcher as searcher_mod
-from search.fusion import RRF_C
+from mitsuke.indexer import IndexBuilder
+from mitsuke.cli import cli
+from mitsuke.indexer.config import AnnConfig
+from mitsuke.indexer.errors import QueryError
+from mitsuke.search import Passage, Searcher
+from mitsuke.search import searcher as searcher_mod
+from mitsuke.search.fusion import RRF_C
 
 PLACES = ["東京", "大阪", "京都", "札幌", "那覇", "仙台", "広島", "福岡", "ﾅｺﾞﾔ", "横浜", "神戸", "金沢"]
 THINGS = ["蕎麦", "ラーメン", "寿司", "天ぷら", "うどん", "カレー", "餃子", "たこ焼き", "おでん", "団子", "せんべい"]
@@ -300,8 +300,8 @@ def test_cli_search_readable_and_json(tmp_path):
 
 @pytest.mark.parametrize("n, k, nq", [(0, 3, 2), (1, 1, 1), (5, 10, 3), (17, 5, 70), (50, 50, 2)])
 def test_exact_top_k_blocks_and_ties_equal_brute_force(tmp_path, monkeypatch, n, k, nq):
-    from indexer.vectors import VectorStore
-    from search import rerank
+    from mitsuke.indexer.vectors import VectorStore
+    from mitsuke.search import rerank
 
     monkeypatch.setattr(rerank, "SCAN_BLOCK_ROWS", 7)  # many blocks, a ragged last one
     rng = np.random.default_rng(n)

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from indexer import IndexBuilder
-from indexer.cli import cli
-from indexer.config import AnnConfig
-from indexer.errors import LockedError
-from indexer.store import MetadataStore, chunks, deleted_chunks
-from search import Searcher
+from mitsuke.indexer import IndexBuilder
+from mitsuke.cli import cli
+from mitsuke.indexer.config import AnnConfig
+from mitsuke.indexer.errors import LockedError
+from mitsuke.indexer.store import MetadataStore, chunks, deleted_chunks
+from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -200,7 +200,7 @@ def test_second_writer_is_refused_with_the_holders_pid_and_readers_see_the_last_
         with pytest.raises(LockedError, match=rf"pid {os.getpid()}\b"):
             IndexBuilder.open(idx, model=str(tiny_model), embedder=tiny_embedder)
         b.add_documents(make_docs(3, seed=9, prefix="新"))  # committed by add_documents
-        b._add_one(__import__("indexer.builder", fromlist=["_document_from_dict"])._document_from_dict(
+        b._add_one(__import__("mitsuke.indexer.builder", fromlist=["_document_from_dict"])._document_from_dict(
             {"id": "未確定", "text": "まだコミットされていない文書です。"}))  # pending, not committed
         with Searcher.open(idx, embedder=tiny_embedder) as s:
             keys = {h.doc_key for h in s.search("補足 まだ", k=50, mode="lexical")}
@@ -278,7 +278,7 @@ def test_an_error_inside_the_builder_commits_nothing_pending(tmp_path, tiny_mode
         b.add_documents(make_docs(4))
     with pytest.raises(RuntimeError, match="途中"):
         with open_builder(idx, tiny_model, tiny_embedder, batch_docs=100) as b:
-            b._add_one(__import__("indexer.loaders", fromlist=["Document"]).Document(
+            b._add_one(__import__("mitsuke.indexer.loaders", fromlist=["Document"]).Document(
                 key="保留", text="保留中の文書です。", title="", source="", source_type="text", metadata={}))
             raise RuntimeError("途中で失敗")
     with Searcher.open(idx, embedder=tiny_embedder) as s:
@@ -288,9 +288,9 @@ def test_an_error_inside_the_builder_commits_nothing_pending(tmp_path, tiny_mode
 def test_manifest_records_the_lexical_analysis_and_a_writer_refuses_another(tmp_path):
     import json
 
-    from indexer import IndexBuilder
-    from indexer.errors import IndexFormatError
-    from indexer.japanese import LEXICAL_ANALYSIS_VERSION
+    from mitsuke.indexer import IndexBuilder
+    from mitsuke.indexer.errors import IndexFormatError
+    from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 
     idx = tmp_path / "idx"
     with IndexBuilder.open(idx, model="none") as b:
@@ -307,7 +307,7 @@ def test_threads_on_either_side_of_a_compaction_read_their_own_epoch(tmp_path):
     """One Searcher, two threads, two SQLite snapshots: each reads its epoch's rows."""
     import threading
 
-    from indexer.vectors import VectorStore, retired_path
+    from mitsuke.indexer.vectors import VectorStore, retired_path
 
     path = tmp_path / "vectors.f16"
     old = np.full((4, 8), 0.25, dtype=np.float32)   # epoch 0, kept as the retired link

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import DATA
-from indexer import IndexBuilder
-from search import Searcher
+from mitsuke.indexer import IndexBuilder
+from mitsuke.search import Searcher
 
 THREADS = 8
 QUESTIONS = [

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from indexer import __version__
-from indexer.errors import MitsukeError
+from mitsuke import __version__
+from mitsuke.indexer.errors import MitsukeError
 
 __all__ = ["main", "cli"]
 
@@ -100,8 +100,8 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
       mitsuke index docs/ notes.md --index idx --model ./sarashina --dtype bfloat16
       cat dump.jsonl | mitsuke index - --index idx --model none --json
     """
-    from indexer.builder import IndexBuilder
-    from indexer.config import AnnConfig, ChunkConfig, EmbedConfig
+    from mitsuke.indexer.builder import IndexBuilder
+    from mitsuke.indexer.config import AnnConfig, ChunkConfig, EmbedConfig
 
     chunking = None
     if max_tokens or max_chars or overlap is not None:
@@ -197,8 +197,8 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
       mitsuke search "空港" --index idx --where 'doc_key=空*' --where lang=ja
       mitsuke search "更科蕎麦" --index idx --fusion weighted --weights 0.3,1
     """
-    from search.filters import parse_where
-    from search.searcher import Searcher
+    from mitsuke.search.filters import parse_where
+    from mitsuke.search.searcher import Searcher
 
     w = None
     if weights is not None:
@@ -225,7 +225,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
 
 def _query_marks(query: str) -> list[str]:
     """The query's lexical terms worth marking (single ASCII letters would mark noise), longest first."""
-    from indexer.japanese import lexical_terms
+    from mitsuke.indexer.japanese import lexical_terms
 
     return sorted({t for t in lexical_terms(query) if len(t) > 1 or not t.isascii()}, key=len, reverse=True)
 
@@ -296,7 +296,7 @@ def info(index_dir, as_json):
     Example:
       mitsuke info --index idx --json
     """
-    from search.searcher import Searcher
+    from mitsuke.search.searcher import Searcher
 
     with Searcher.open(index_dir) as s:
         data = s.info()
@@ -347,8 +347,8 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
       mitsuke index ../shared/eval/jsquad-dev/corpus.jsonl --index jsq --model none
       mitsuke eval --index jsq --queries ../shared/eval/jsquad-dev/queries.jsonl -k 1,5,10 --mode lexical
     """
-    from search.evaluate import evaluate, load_queries
-    from search.searcher import Searcher
+    from mitsuke.search.evaluate import evaluate, load_queries
+    from mitsuke.search.searcher import Searcher
 
     try:
         cutoffs = [int(x) for x in ks.split(",") if x.strip()]
@@ -432,9 +432,9 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
       mitsuke chunk notes.txt --model ./sarashina --max-tokens 256 --overlap 32
       cat dump.jsonl | mitsuke chunk - --json
     """
-    from indexer.chunking import Chunker
-    from indexer.config import ChunkConfig
-    from indexer.loaders import LoadFailure, iter_documents
+    from mitsuke.indexer.chunking import Chunker
+    from mitsuke.indexer.config import ChunkConfig
+    from mitsuke.indexer.loaders import LoadFailure, iter_documents
 
     lexical = model.lower() == "none"
     if max_chars is not None and not lexical:
@@ -445,7 +445,7 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     base = ChunkConfig()
     budget = max_tokens if max_tokens is not None else max_chars
     budget = budget or (base.max_chars if lexical else base.max_tokens)
-    from indexer.embedding import load_token_counter
+    from mitsuke.indexer.embedding import load_token_counter
 
     counter = None if lexical else load_token_counter(model)
     try:
