@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from mitsuke.indexer.manifest import WriterLock, fault_point, read_manifest, wri
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
+
+if TYPE_CHECKING:
+    from mitsuke.indexer.embedding import Embedder
 
 __all__ = ["IndexBuilder", "IndexSummary", "embedding_input"]
 
@@ -104,7 +107,7 @@ class IndexBuilder:
     ...     b.add_paths(["data/"])
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embedder, lock: WriterLock, *,
+    def __init__(self, path: Path, manifest: dict[str, Any], embedder: Embedder | None, lock: WriterLock, *,
                  batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0,
                  compact_ratio: float = 0.25, compact_min_rows: int = 1024) -> None:
         self.path = path
@@ -158,7 +161,7 @@ class IndexBuilder:
         chunking: ChunkConfig | None = None,
         ann: AnnConfig | None = None,
         embed: EmbedConfig | None = None,
-        embedder=None,
+        embedder: Embedder | None = None,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.

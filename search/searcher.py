@@ -5,7 +5,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from mitsuke.search.fusion import FUSIONS, check_weights, fuse
 from mitsuke.search.lexical import bm25_search
 from mitsuke.search.rerank import exact_scores, exact_top_k
 from mitsuke.search.results import Passage
+
+if TYPE_CHECKING:
+    from mitsuke.indexer.embedding import Embedder
 
 __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 
@@ -84,7 +87,7 @@ class Searcher:
     ...     print(p.score, p.doc_key, p.text[:40])
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", embedder=None,
+    def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", embedder: Embedder | None = None,
                  dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> None:
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -113,8 +116,9 @@ class Searcher:
                         path, analysis, LEXICAL_ANALYSIS_VERSION)
 
     @classmethod
-    def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None, embedder=None,
-             dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> "Searcher":
+    def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
+             embedder: Embedder | None = None, dtype: str = "auto", fusion: str = "rrf",
+             weights: Sequence[float] | None = None) -> "Searcher":
         """Open an index for reading. ``model`` may only restate the index's own model.
 
         ``fusion`` and ``weights`` (dense, lexical) are the hybrid defaults for
@@ -152,7 +156,7 @@ class Searcher:
         return self.model_name is not None
 
     @property
-    def embedder(self):
+    def embedder(self) -> Embedder:
         if self._embedder is None:
             from mitsuke.indexer.embedding import Embedder, ModelInfo
 
