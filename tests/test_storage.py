@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from corpus import SENTENCES
 from mitsuke.indexer import IndexBuilder
 from mitsuke.cli import cli
 from mitsuke.indexer.config import AnnConfig
@@ -23,18 +24,6 @@ from mitsuke.indexer.store import MetadataStore, chunks, deleted_chunks
 from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
-
-SENTENCES = [
-    "東京は日本の首都であり、人口は約千四百万人である。",
-    "大阪は「天下の台所」と呼ばれ、『食い倒れ』の街として知られる。",
-    "更科蕎麦は蕎麦の実の中心部だけを挽いた白い蕎麦である。",
-    "ｶﾀｶﾅの半角文字と全角の１２３が混じった文も正しく扱う😀。",
-    "豊岡市の年間平均降雪量は３１２cmに達することがある。",
-    "清水建設は江戸時代に創業した日本の総合建設会社である。",
-    "「彼は『行く』と言った」と彼女は書いた。",
-    "電子基準点は国土地理院が全国に設置したGNSS連続観測点である。",
-]
-
 
 def make_docs(n: int, seed: int = 0, prefix: str = "文書") -> list[dict]:
     rng = np.random.default_rng(seed)
