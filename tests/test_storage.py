@@ -19,6 +19,7 @@ from corpus import SENTENCES
 from mitsuke.indexer import IndexBuilder
 from mitsuke.cli import cli
 from mitsuke.indexer.config import AnnConfig
+from mitsuke.indexer.documents import document_from_mapping
 from mitsuke.indexer.errors import LockedError
 from mitsuke.indexer.store import MetadataStore, chunks, deleted_chunks
 from mitsuke.search import Searcher
@@ -189,8 +190,8 @@ def test_second_writer_is_refused_with_the_holders_pid_and_readers_see_the_last_
         with pytest.raises(LockedError, match=rf"pid {os.getpid()}\b"):
             IndexBuilder.open(idx, model=str(tiny_model), embedder=tiny_embedder)
         b.add_documents(make_docs(3, seed=9, prefix="新"))  # committed by add_documents
-        b._add_one(__import__("mitsuke.indexer.builder", fromlist=["_document_from_dict"])._document_from_dict(
-            {"id": "未確定", "text": "まだコミットされていない文書です。"}))  # pending, not committed
+        b._add_one(document_from_mapping({"id": "未確定", "text": "まだコミットされていない文書です。"},
+                                         where="未確定"))  # pending, not committed
         with Searcher.open(idx, embedder=tiny_embedder) as s:
             keys = {h.doc_key for h in s.search("補足 まだ", k=50, mode="lexical")}
             assert "新000" in keys and "未確定" not in keys
