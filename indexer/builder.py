@@ -71,13 +71,14 @@ class IndexSummary:
     deleted: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     chunks_embedded: int = 0
+    chunks_added: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
             "deleted": self.deleted, "failed": list(self.failed),
-            "chunks_embedded": self.chunks_embedded, "seconds": round(self.seconds, 3),
+            "chunks_embedded": self.chunks_embedded, "chunks_added": self.chunks_added, "seconds": round(self.seconds, 3),
         }
 
 
@@ -172,6 +173,7 @@ class IndexBuilder:
         new index). An existing index refuses another model.
         """
         path = Path(path)
+        created = [p for p in (path, *path.parents) if not p.exists()]  # removed again if opening fails
         path.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(path)
         lock.acquire()
@@ -236,6 +238,8 @@ class IndexBuilder:
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
+            if created:
+                _remove_created(path, created)
             raise
 
     def _open_ann(self) -> None:
@@ -300,7 +304,8 @@ class IndexBuilder:
         return self.summary
 
     def _fail(self, path: str, reason: str) -> None:
-        log.warning("skipped %s: %s", path, reason)
+        # Reported once, by whoever reads summary.failed (the CLI prints it); logged for -v.
+        log.info("skipped %s: %s", path, reason)
         self.summary.failed.append({"path": path, "reason": reason})
         if self.on_progress:
             self.on_progress("failed", 1)
@@ -406,6 +411,7 @@ class IndexBuilder:
                 self.summary.updated += 1
             self._known[p.doc.key] = (doc_ids[p.doc.key], p.doc.content_hash)
         self.summary.chunks_embedded += len(chunk_rows) if vecs is not None else 0
+        self.summary.chunks_added += len(chunk_rows)
         if self.on_progress:
             self.on_progress("documents", len(pending))
         if self.vectors is not None:
@@ -505,6 +511,17 @@ class IndexBuilder:
         self.manifest["generation"] = self.generation
         self.manifest["counts"] = counts
         write_manifest(self.path, self.manifest)
+
+
+def _remove_created(path: Path, created: list[Path]) -> None:
+    """Undo a failed first open: the files it wrote, then the directories it made (deepest first)."""
+    for name in ("LOCK", "manifest.json"):
+        (path / name).unlink(missing_ok=True)
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:  # something else is in it now: not ours to remove
+            break
 
 
 def _remove_temp_files(path: Path) -> None:

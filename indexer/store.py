@@ -16,7 +16,7 @@ from sqlalchemy import (
     create_engine, event, func, select, text,
 )
 
-__all__ = ["MetadataStore", "ChunkRow", "metadata", "documents", "chunks", "state", "deleted_chunks"]
+__all__ = ["MetadataStore", "ChunkRow", "DocumentRow", "metadata", "documents", "chunks", "state", "deleted_chunks"]
 
 metadata = MetaData()
 
@@ -94,6 +94,21 @@ class ChunkRow:
     source: str
     source_type: str
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """One document as the index holds it (its text lives in its chunks)."""
+
+    id: int
+    key: str
+    title: str
+    source: str
+    source_type: str
+    encoding: str
+    metadata: dict[str, Any]
+    n_chars: int
+    chunks: int
 
 
 def _on_connect(dbapi_conn, _record) -> None:
@@ -258,6 +273,30 @@ class MetadataStore:
                     metadata=r[13] if isinstance(r[13], dict) else json.loads(r[13] or "{}"),
                 )
         return out
+
+
+    # ------------------------------------------------------------------ document listing (mitsuke docs)
+    def documents(self, conn: Connection, key_glob: str | None = None) -> list[DocumentRow]:
+        """Every document (or those whose key matches the SQLite GLOB ``key_glob``), by key, with chunk counts."""
+        n = select(func.count()).select_from(chunks).where(chunks.c.doc_id == documents.c.id).scalar_subquery()
+        q = select(documents.c.id, documents.c.key, documents.c.title, documents.c.source, documents.c.source_type,
+                   documents.c.encoding, documents.c.meta, documents.c.n_chars, n).order_by(documents.c.key)
+        if key_glob is not None:
+            q = q.where(documents.c.key.op("GLOB")(key_glob))
+        return [DocumentRow(id=int(r[0]), key=r[1], title=r[2], source=r[3], source_type=r[4], encoding=r[5],
+                            metadata=r[6] if isinstance(r[6], dict) else json.loads(r[6] or "{}"),
+                            n_chars=int(r[7]), chunks=int(r[8])) for r in conn.execute(q)]
+
+    def document_chunk_ids(self, conn: Connection, doc_id: int) -> list[int]:
+        """Chunk ids of one document in chunk order (``chunk_rows`` gives their content)."""
+        q = select(chunks.c.id).where(chunks.c.doc_id == doc_id).order_by(chunks.c.chunk_index)
+        return [int(r[0]) for r in conn.execute(q)]
+
+    def metadata_keys(self, conn: Connection) -> set[str]:
+        """The top-level metadata keys that at least one document has."""
+        rows = conn.execute(text("SELECT DISTINCT j.key FROM documents d, json_each(d.meta) j "
+                                 "WHERE json_type(d.meta) = 'object'"))
+        return {r[0] for r in rows}
 
 
 def _batches(items: list, size: int):
