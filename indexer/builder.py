@@ -164,6 +164,7 @@ class IndexBuilder:
         ann: AnnConfig | None = None,
         embed: EmbedConfig | None = None,
         embedder: Embedder | None = None,
+        load_model: bool = True,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.
@@ -171,6 +172,8 @@ class IndexBuilder:
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
         index, or ``None`` to use the index's own model (the default model for a
         new index). An existing index refuses another model.
+        ``load_model=False`` opens an existing index for deleting and compacting
+        only (no model is loaded; adding documents then raises ``MitsukeError``).
         """
         path = Path(path)
         created = [p for p in (path, *path.parents) if not p.exists()]  # removed again if opening fails
@@ -206,7 +209,9 @@ class IndexBuilder:
                         f"index {path} was built with chunking {manifest['chunking']}; "
                         "changing it needs a new index"
                     )
-            if embedder is None and not lexical_only:
+            if not load_model and manifest is None:
+                raise IndexFormatError(f"{path} is not a mitsuke index (no manifest.json); nothing to change")
+            if embedder is None and not lexical_only and load_model:
                 from mitsuke.indexer.embedding import Embedder, ModelInfo
 
                 recorded = manifest.get("model") if manifest else None  # reopen: the recorded directory/revision
@@ -362,6 +367,9 @@ class IndexBuilder:
         self._commit(pending)
 
     def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
+        if pending and self.embedder is None and self.dim:
+            raise MitsukeError(f"index {self.path} was opened without its model (load_model=False): "
+                               "it can delete and compact, not add documents")
         texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
                  for p in pending for c in p.chunks]
         vecs = None
