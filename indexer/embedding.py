@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mitsuke.indexer.errors import ModelError
+from mitsuke.indexer.layout import ModelInfo  # what the manifest records; re-exported
 
 __all__ = ["Embedder", "ModelInfo", "resolve_model_dir", "load_token_counter", "count_tokens_with", "POOLING_MODES"]
 
@@ -72,38 +73,6 @@ _ETA_LOG_EVERY_S = 30.0
 _FLUSH_EVERY_BATCHES = 16  # device -> host copies batched, so the GPU never waits on the host
 _NO_NETWORK_HINT = ("Without network access, download the model elsewhere and pass its local directory "
                     "with --model PATH, or build a lexical-only index with --model none.")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the manifest records about the model, and what a Searcher checks."""
-
-    name: str
-    revision: str | None
-    dim: int
-    pooling: str
-    normalize: bool
-    max_length: int
-    prompts: dict[str, str] = field(default_factory=dict)
-    path: str | None = None  # absolute directory of a local model, so a reader in another cwd finds it
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "revision": self.revision,
-            "dim": self.dim,
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_length": self.max_length,
-            "prompts": dict(self.prompts),
-            "path": self.path,
-        }
-
-    @staticmethod
-    def source(recorded: dict[str, Any]) -> str:
-        """Where to load a manifest's model from: its recorded directory if still there, else its name."""
-        path = recorded.get("path")
-        return path if path and Path(path).is_dir() else recorded["name"]
 
 
 # --------------------------------------------------------------------------- locating the model
