@@ -40,11 +40,11 @@ import numpy as np
 from mitsuke.indexer.ann import AnnIndex
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
+from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
-from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
-from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
+from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
