@@ -173,8 +173,10 @@ class IndexBuilder:
         only (no model is loaded; adding documents then raises ``MitsukeError``).
         """
         path = Path(path)
-        created = [p for p in (path, *path.parents) if not p.exists()]  # removed again if opening fails
         paths = IndexPaths(path)
+        # What this call creates is removed again if opening fails: directories, LOCK, a first manifest.
+        created = [p for p in (path, *path.parents) if not p.exists()]
+        created_files = [f for f in (paths.lock, paths.manifest) if not f.exists()]
         path.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(paths.lock)
         lock.acquire()
@@ -227,8 +229,7 @@ class IndexBuilder:
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
-            if created:
-                _remove_created(path, created)
+            _remove_created(created_files, created)
             raise
 
     def _open_ann(self) -> None:
@@ -501,12 +502,11 @@ class IndexBuilder:
         self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
 
 
-def _remove_created(path: Path, created: list[Path]) -> None:
-    """Undo a failed first open: the files it wrote, then the directories it made (deepest first)."""
-    paths = IndexPaths(path)
-    for file in (paths.lock, paths.manifest):
+def _remove_created(files: list[Path], directories: list[Path]) -> None:
+    """Undo a failed open: the files it created, then the directories it made (deepest first)."""
+    for file in files:
         file.unlink(missing_ok=True)
-    for directory in created:
+    for directory in directories:
         try:
             directory.rmdir()
         except OSError:  # something else is in it now: not ours to remove

@@ -50,10 +50,10 @@ class RunPlan:
 
 def indexed_hashes(index_dir: str | Path) -> dict[str, tuple[int, str]]:
     """Key -> (document id, content hash) of what ``index_dir`` holds; empty for no index. Read-only."""
-    from mitsuke.indexer.builder import META_FILE
+    from mitsuke.indexer.layout import IndexPaths
     from mitsuke.indexer.store import MetadataStore
 
-    meta = Path(index_dir) / META_FILE
+    meta = IndexPaths(index_dir).meta
     if not meta.exists():
         return {}
     store = MetadataStore(meta, readonly=True)

@@ -320,7 +320,7 @@ def test_properties_with_model_tokens(count_tokens, doc, budget):
 def test_every_eval_document_chunks_exactly():
     """The whole evaluation corpora (Wikipedia articles) under the default settings."""
     if not (EVAL / "jsquad-dev").exists():
-        pytest.skip("shared/eval not present")
+        pytest.skip("the JSQuAD evaluation corpus is not installed (a development data set outside this repository)")
     chunker = Chunker(ChunkConfig())
     rng = random.Random(0)
     for name in ("jsquad-dev", "jaquad-train-sample"):
@@ -364,7 +364,7 @@ def test_chunk_command_json_over_the_demo_corpus(data_dir):
 def test_chunk_command_over_a_wikipedia_corpus_on_stdin():
     path = EVAL / "jsquad-dev" / "corpus.jsonl"
     if not path.exists():
-        pytest.skip("shared/eval not present")
+        pytest.skip("the JSQuAD evaluation corpus is not installed (a development data set outside this repository)")
     raw = path.read_bytes()
     r = run_cli("chunk", "-", "--json", input=raw)
     assert r.exit_code == 0, r.stderr
