@@ -36,7 +36,7 @@ def query_terms(query: str) -> list[str]:
 
 
 def fts_query(query: str) -> str | None:
-    """The FTS5 MATCH expression the SQLite store runs for ``query``: quoted terms joined by OR; None when nothing is left.
+    """The FTS5 MATCH expression the SQLite store runs for ``query``: quoted terms ORed; None if none are left.
 
     >>> fts_query('東京 OR "タワー*"')
     '"東京" OR "or" OR "タワー"'

@@ -255,7 +255,10 @@ class SqlStore:
         """``chunk id -> row of vectors.f16`` (None: no vector) of the given ids that exist."""
         out: dict[int, int | None] = {}
         for part in batches(sorted({int(i) for i in ids})):
-            for cid, row in conn.execute(select(chunks.c.id, chunks.c.vector_row).where(chunks.c.id.in_(part))):
+            # On every search's path: plain SQL with the ints inlined (safe: int() above) runs
+            # in a third of the time of a compiled IN (...) of bound parameters.
+            sql = f"SELECT id, vector_row FROM chunks WHERE id IN ({','.join(str(i) for i in part)})"
+            for cid, row in conn.exec_driver_sql(sql):
                 out[int(cid)] = None if row is None else int(row)
         return out
 
