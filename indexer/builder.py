@@ -134,7 +134,7 @@ class IndexBuilder:
         self._seen: set[str] = set()
         self._started = time.monotonic()
         self._closed = False
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self._known = self.store.document_hashes(conn)
             self.generation = self.store.generation(conn)
             committed_rows = self.store.vector_rows(conn)
@@ -236,7 +236,7 @@ class IndexBuilder:
         saved = self.manifest.ann
         if saved is None:
             return
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
                                          saved.generation, self.generation)
         if changed:
@@ -362,7 +362,7 @@ class IndexBuilder:
             vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
         terms = [" ".join(passage_terms(c.text, p.doc.title, c.headings)) for p in pending for c in p.chunks]
         generation = self.generation + 1
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
             if vecs is not None:
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
@@ -431,7 +431,7 @@ class IndexBuilder:
         if self.vectors is None:
             return False
         self.flush()
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             dead = self.store.dead_vector_rows(conn)
             total = self.store.vector_rows(conn)
         if dead == 0 or not force and (dead < self.compact_min_rows or dead <= self.compact_ratio * total):
@@ -444,7 +444,7 @@ class IndexBuilder:
 
         See the module docstring for the order of steps and what a kill at each one leaves.
         """
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             live = self.store.live_vectors(conn, by_row=True)
             epoch = self.store.vectors_epoch(conn) + 1
             before = self.store.vector_rows(conn)
@@ -454,7 +454,7 @@ class IndexBuilder:
         self.vectors.write_compacted(old_rows, epoch)
         fault_point("compact_written")
         self.vectors.retire(epoch - 1)
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
             self.store.set_state(conn, "vector_rows", len(ids))
             self.store.set_state(conn, "vectors_epoch", epoch)
@@ -467,14 +467,14 @@ class IndexBuilder:
         # anyway (reusing its training) so a long-lived index sheds the
         # imbalance that many removals leave in the inverted lists.
         if self.ann is not None:
-            with self.store.engine.begin() as conn:
+            with self.store.begin() as conn:
                 self.ann = rebuild_ann(self.store, conn, self.vectors, self.ann.params, trained=self.ann)
             self._save_ann()
 
     # ------------------------------------------------------------------ ANN choice
     def _maybe_switch_ann(self) -> None:
         """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             n = self.store.counts(conn)["chunks"]
             wanted = self.manifest.ann_params(n)
             current = self.ann.params if self.ann is not None else None
@@ -497,7 +497,7 @@ class IndexBuilder:
         self._last_ann_save = time.monotonic()
 
     def _write_manifest(self) -> None:
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             counts = self.store.counts(conn)
         self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
 

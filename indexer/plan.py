@@ -58,8 +58,8 @@ def indexed_hashes(index_dir: str | Path) -> dict[str, tuple[int, str]]:
         return {}
     store = MetadataStore(meta, readonly=True)
     try:
-        with store.engine.begin() as conn:
-            return store.document_hashes(conn)
+        with store.snapshot() as snap:
+            return snap.document_hashes()
     finally:
         store.close()
 

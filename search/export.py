@@ -59,10 +59,10 @@ def export_index(searcher: Searcher, out_dir: str | Path, key_glob: str | None =
     ids: list[int] = []
     rows: list[int] = []
     files = {"documents": out / "documents.jsonl", "chunks": out / "chunks.jsonl"}
-    with store.engine.begin() as conn, open(files["documents"], "w", encoding="utf-8") as dfh, \
+    with store.snapshot() as snap, open(files["documents"], "w", encoding="utf-8") as dfh, \
             open(files["chunks"], "w", encoding="utf-8") as cfh:
-        for doc in store.documents(conn, key_glob):
-            by_id = store.chunk_rows(conn, store.document_chunk_ids(conn, doc.id))
+        for doc in snap.documents(key_glob):
+            by_id = snap.chunk_rows(snap.document_chunk_ids(doc.id))
             chunks = sorted(by_id.values(), key=lambda c: c.chunk_index)
             dfh.write(json.dumps(document_record(doc, chunks), ensure_ascii=False) + "\n")
             for c in chunks:
@@ -73,7 +73,7 @@ def export_index(searcher: Searcher, out_dir: str | Path, key_glob: str | None =
             n_docs += 1
             n_chunks += len(chunks)
         if searcher.vectors is not None:
-            searcher.vectors.bind(store.vectors_epoch(conn))
+            searcher.vectors.bind(snap.vectors_epoch())
             vecs = np.zeros((len(rows), searcher.dim), dtype=np.float16)
             order = np.asarray(rows, dtype=np.int64)
             for at, block in searcher.vectors.iter_rows(order):

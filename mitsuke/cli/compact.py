@@ -32,8 +32,8 @@ def compact(index_dir, as_json):
             before = after = 0
             done = False
         else:
-            with b.store.engine.begin() as conn:
-                before, dead = b.store.vector_rows(conn), b.store.dead_vector_rows(conn)
+            with b.store.snapshot() as snap:
+                before, dead = snap.vector_rows(), snap.dead_vector_rows()
             done = b.maybe_compact(force=True)
             after = before - dead if done else before
     if as_json:

@@ -53,8 +53,8 @@ def list_cmd(pattern, index_dir, as_json):
     """
     from mitsuke.search.searcher import Searcher
 
-    with Searcher.open(index_dir) as s, s.store.engine.begin() as conn:
-        rows = s.store.documents(conn, pattern)
+    with Searcher.open(index_dir) as s, s.store.snapshot() as snap:
+        rows = snap.documents(pattern)
     if as_json:
         click.echo(json.dumps([{"key": d.key, "title": d.title, "chunks": d.chunks, "chars": d.n_chars,
                                 "source": d.source, "source_type": d.source_type, "metadata": d.metadata}
@@ -89,13 +89,13 @@ def show_cmd(key, index_dir, with_text, as_json):
     from mitsuke.search.export import chunk_record, document_text
     from mitsuke.search.searcher import Searcher
 
-    with Searcher.open(index_dir) as s, s.store.engine.begin() as conn:
-        found = [d for d in s.store.documents(conn, _escape_glob(key)) if d.key == key]
+    with Searcher.open(index_dir) as s, s.store.snapshot() as snap:
+        found = [d for d in snap.documents(_escape_glob(key)) if d.key == key]
         if not found:
             raise click.ClickException(f"no document with key {key!r} in {index_dir}; "
                                        "`mitsuke docs list --index DIR` lists the keys")
         doc = found[0]
-        chunks = sorted(s.store.chunk_rows(conn, s.store.document_chunk_ids(conn, doc.id)).values(),
+        chunks = sorted(snap.chunk_rows(snap.document_chunk_ids(doc.id)).values(),
                         key=lambda c: c.chunk_index)
         unit = "tokens" if s.has_dense else "chars"
     text = document_text(doc.n_chars, chunks)
@@ -147,9 +147,9 @@ def delete_cmd(keys, index_dir, yes, dry_run, as_json):
     from mitsuke.search.searcher import Searcher
 
     matched: list[str] = []
-    with Searcher.open(index_dir) as s, s.store.engine.begin() as conn:
+    with Searcher.open(index_dir) as s, s.store.snapshot() as snap:
         for k in keys:
-            hits = [d.key for d in s.store.documents(conn, k if _glob_chars(k) else _escape_glob(k))]
+            hits = [d.key for d in snap.documents(k if _glob_chars(k) else _escape_glob(k))]
             if not hits:
                 raise click.ClickException(f"{k!r} matches no document key in {index_dir}; nothing was deleted "
                                            "(`mitsuke docs list --index DIR` lists the keys)")

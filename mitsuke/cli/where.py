@@ -15,9 +15,8 @@ def warn_unknown_keys(searcher: Any, where: dict[str, Any]) -> None:
     unknown = [k for k in where if k not in BUILTIN_FIELDS]
     if not unknown:
         return
-    store = searcher.store
-    with store.engine.begin() as conn:
-        keys = store.metadata_keys(conn)
+    with searcher.store.snapshot() as snap:
+        keys = snap.metadata_keys()
     for key in unknown:
         if key not in keys:
             have = ", ".join(sorted(keys)) or "none"
