@@ -8,9 +8,10 @@ turns both off.
 
 The up-front estimate uses a documented guess of this device's speed: a
 forward pass costs about 2 FLOP per parameter per token, and a device is
-assumed to sustain ``DEVICE_FLOPS`` (float32 on a CPU: 2×10^11 FLOP/s, about a
-hundred tokens/s for the 1.2 B default model, as measured in BENCHMARKS.md
-"Embedding"). The ETA during the run uses the measured rate.
+assumed to sustain ``DEVICE_FLOPS``: float32 on a CPU 2×10^11 FLOP/s, about 90
+tokens/s for the 1.2 B default model (BENCHMARKS.md "Embedding" measured 265
+GFLOP/s, 122 tokens/s, on a 2026 server CPU; laptops are slower). The ETA
+during the run uses the measured rate.
 """
 from __future__ import annotations
 
