@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from sqlalchemy import (
     JSON, Column, Connection, Engine, ForeignKey, Index, Integer, MetaData, String, Table, Text,
     create_engine, event, func, select, text,
 )
+
+from mitsuke.indexer.pages import pages_of
 
 __all__ = ["MetadataStore", "ChunkRow", "metadata", "documents", "chunks", "state", "deleted_chunks"]
 
@@ -32,6 +34,9 @@ documents = Table(
     Column("meta", JSON, nullable=False, default=dict),
     Column("n_chars", Integer, nullable=False),
     Column("generation", Integer, nullable=False),
+    # Paged documents (PDF): JSON list of page start offsets (indexer.pages); NULL when unpaged.
+    # Added by migration 2.
+    Column("page_starts", JSON(none_as_null=True), nullable=True),
 )
 
 # AUTOINCREMENT: ids are never reused, even after the newest rows are deleted
@@ -74,7 +79,15 @@ def _m001_create_tables(conn: Connection) -> None:
     conn.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(terms, tokenize='unicode61 remove_diacritics 0')"))
 
 
-MIGRATIONS = [_m001_create_tables]
+def _m002_page_starts(conn: Connection) -> None:
+    # m001 creates the tables from today's definitions, page_starts included:
+    # add the column only to a database made by an older m001.
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(documents)")}
+    if "page_starts" not in have:
+        conn.exec_driver_sql("ALTER TABLE documents ADD COLUMN page_starts JSON")
+
+
+MIGRATIONS = [_m001_create_tables, _m002_page_starts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -94,6 +107,7 @@ class ChunkRow:
     source: str
     source_type: str
     metadata: dict[str, Any]
+    pages: tuple[int, int] | None = None  # 1-based first and last page (paged documents only)
 
 
 def _on_connect(dbapi_conn, _record) -> None:
@@ -257,7 +271,43 @@ class MetadataStore:
                     doc_key=r[9], title=r[10], source=r[11], source_type=r[12],
                     metadata=r[13] if isinstance(r[13], dict) else json.loads(r[13] or "{}"),
                 )
+        paged = self.page_starts(conn, {r.doc_id for r in out.values()})
+        if paged:
+            for cid, r in out.items():
+                if r.doc_id in paged:
+                    out[cid] = replace(r, pages=pages_of(paged[r.doc_id], r.char_start, r.char_end))
         return out
+
+    def page_starts(self, conn: Connection, doc_ids: Iterable[int]) -> dict[int, tuple[int, ...]]:
+        """Page start offsets of the paged documents among ``doc_ids`` (see ``indexer.pages``)."""
+        if not self._has_page_starts(conn):
+            return {}  # an index made before migration 2, opened read-only
+        out: dict[int, tuple[int, ...]] = {}
+        for part in _batches(sorted({int(i) for i in doc_ids}), 500):
+            q = select(documents.c.id, documents.c.page_starts).where(
+                documents.c.id.in_(part), documents.c.page_starts.is_not(None))
+            for doc_id, starts in conn.execute(q):
+                starts = json.loads(starts) if isinstance(starts, str) else starts
+                if starts:
+                    out[int(doc_id)] = tuple(int(s) for s in starts)
+        return out
+
+    def page_starts_of_chunks(self, conn: Connection, chunk_ids: Iterable[int]) -> dict[str, tuple[int, ...]]:
+        """Page start offsets by document key, for the paged documents the given chunks belong to."""
+        ids = sorted({int(i) for i in chunk_ids})
+        doc_ids: dict[int, str] = {}
+        for part in _batches(ids, 500):
+            q = (select(documents.c.id, documents.c.key).join(chunks, chunks.c.doc_id == documents.c.id)
+                 .where(chunks.c.id.in_(part)))
+            doc_ids.update({int(d): k for d, k in conn.execute(q)})
+        return {doc_ids[d]: starts for d, starts in self.page_starts(conn, doc_ids).items()}
+
+    def _has_page_starts(self, conn: Connection) -> bool:
+        if not getattr(self, "_page_column", False):
+            # Only a positive answer is kept: a writer may migrate the file while a reader has it open.
+            cols = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(documents)")}
+            self._page_column = "page_starts" in cols
+        return self._page_column
 
 
 def _batches(items: list, size: int):

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mitsuke import __version__
+from mitsuke.cli_formats import format_config, format_options
 from mitsuke.indexer.errors import MitsukeError
 
 __all__ = ["main", "cli"]
@@ -86,9 +87,11 @@ def cli(verbose: int) -> None:
 @click.option("--dtype", default="auto", show_default=True,
               help="Embedding dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
+@format_options
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
+          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json, csv_mode, csv_column,
+          pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -112,6 +115,7 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     embed = EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
     started = time.monotonic()
     ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
@@ -130,7 +134,7 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
                 bar.update(n)
         builder.on_progress = on_progress
     with builder:
-        builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding)
+        builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding, formats=formats)
         if prune:
             builder.prune()
     if bar is not None:
@@ -218,8 +222,9 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     marks = _query_marks(query)
     for i, h in enumerate(hits, 1):
         heading = " > ".join(h.headings)
+        page = "" if not h.pages else f" p.{h.pages[0]}" + (f"-{h.pages[1]}" if h.pages[1] != h.pages[0] else "")
         click.echo(click.style(f"{i:>2}. {h.score:.4f}  {h.title or h.doc_key}", bold=True)
-                   + f"  [{h.doc_key} {h.char_start}:{h.char_end}]" + (f"  {heading}" if heading else ""))
+                   + f"  [{h.doc_key} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
         click.echo("    " + _snippet(h.text, marks))
 
 
@@ -417,8 +422,10 @@ def _eval_table(report) -> list[str]:
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
+@format_options
 @json_option
-def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json):
+def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json, csv_mode, csv_column,
+          pdf_max_pages):
     """Preview how PATHs would be chunked, without building an index.
 
     With --json, one object per line: doc_key, chunk_index, char_start,
@@ -457,12 +464,13 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     failed = 0
-    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding):
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
+    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats):
         if isinstance(item, LoadFailure):
             failed += 1
             click.echo(f"failed: {item.path}: {item.reason}", err=True)
             continue
-        for c in chunker.chunk(item.text, markdown=item.source_type == "markdown"):
+        for c in chunker.chunk(item.text, markdown=item.has_headings, breaks=item.page_starts):
             if as_json:
                 click.echo(json.dumps({"doc_key": item.key, **c.to_dict()}, ensure_ascii=False))
             else:
