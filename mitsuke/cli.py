@@ -192,7 +192,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     Each result shows its rank, score, title, document key and character range,
     and a snippet with the query's terms marked. --json prints a list of
     objects with rank, score, doc_key, title, text, char_start, char_end,
-    chunk_id, headings, metadata and the per-leg scores and ranks.
+    chunk_id, headings, metadata, pages (PDF: [first, last]) and the per-leg scores and ranks.
 
     \b
     Examples:
@@ -442,6 +442,7 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     from mitsuke.indexer.chunking import Chunker
     from mitsuke.indexer.config import ChunkConfig
     from mitsuke.indexer.loaders import LoadFailure, iter_documents
+    from mitsuke.indexer.pages import pages_of
 
     lexical = model.lower() == "none"
     if max_chars is not None and not lexical:
@@ -472,7 +473,9 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
             continue
         for c in chunker.chunk(item.text, markdown=item.has_headings, breaks=item.page_starts):
             if as_json:
-                click.echo(json.dumps({"doc_key": item.key, **c.to_dict()}, ensure_ascii=False))
+                pages = pages_of(item.page_starts, c.char_start, c.char_end)
+                click.echo(json.dumps({"doc_key": item.key, **c.to_dict(), **({"pages": list(pages)} if pages else {})},
+                                      ensure_ascii=False))
             else:
                 head = " > ".join(c.headings)
                 click.echo(f"{item.key}#{c.index} [{c.char_start}:{c.char_end}] {c.token_count} "

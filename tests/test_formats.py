@@ -109,6 +109,17 @@ def test_answer_on_page_3_is_cited_as_page_3_with_exact_text(index, folder):
     assert "p" in ctx.render() and ctx.render().startswith("[1] ")
 
 
+def test_retrievers_carry_the_page_in_metadata(index):
+    from mitsuke.search.langchain import MitsukeRetriever as LangChainRetriever
+    from mitsuke.search.llamaindex import MitsukeRetriever as LlamaRetriever
+
+    with Searcher.open(index[0]) as s:
+        doc = LangChainRetriever(searcher=s, k=1, mode="lexical").invoke("コウノトリの人工巣塔")[0]
+        node = LlamaRetriever(s, k=1, mode="lexical").retrieve("コウノトリの人工巣塔")[0]
+    assert doc.metadata["pages"] == [3, 3] and node.node.metadata["pages"] == [3, 3]
+    assert "pages" in node.node.excluded_llm_metadata_keys  # for the program, not the prompt
+
+
 def test_cli_search_line_and_json_show_the_page(index):
     idx, _ = index
     runner = CliRunner()

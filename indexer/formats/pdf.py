@@ -139,7 +139,7 @@ def _check_bytes(path: Path) -> None:
                                    "(an interrupted download or copy? fetch the file again)")
 
 
-def _is_vertical(textpage, sample: int = 400) -> bool:
+def _is_vertical(textpage, sample: int = 64) -> bool:
     """Whether most of the page's characters follow each other downwards (縦書き) rather than rightwards."""
     down = right = 0
     prev = None
