@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -330,20 +331,20 @@ def test_cli_csv_options(tmp_path):
 
 def test_migration_2_adds_page_starts_to_an_older_index(tmp_path):
     db = tmp_path / "meta.sqlite"
-    store = MetadataStore(db)
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE documents DROP COLUMN page_starts")
-        conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 2")
-    store.close()
+    MetadataStore(db).close()
+    with sqlite3.connect(db) as raw:  # make it what an index of before migration 2 holds
+        raw.execute("ALTER TABLE documents DROP COLUMN page_starts")
+        raw.execute("DELETE FROM schema_version WHERE version = 2")
+    raw.close()
     reader = MetadataStore(db, readonly=True)  # an old index opened read-only: no pages, no error
-    with reader.engine.begin() as conn:
-        assert reader.page_starts(conn, [1]) == {}
+    with reader.snapshot() as snap:
+        assert reader.page_starts(snap.conn, [1]) == {}
     reader.close()
-    store = MetadataStore(db)
-    with store.engine.begin() as conn:
-        cols = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(documents)")}
-        versions = [r[0] for r in conn.exec_driver_sql("SELECT version FROM schema_version ORDER BY version")]
-    store.close()
+    MetadataStore(db).close()
+    with sqlite3.connect(db) as raw:
+        cols = {r[1] for r in raw.execute("PRAGMA table_info(documents)")}
+        versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")]
+    raw.close()
     assert "page_starts" in cols and versions == [1, 2]
 
 
