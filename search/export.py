@@ -46,8 +46,11 @@ def document_record(doc: DocumentRow, chunks: list[ChunkRow]) -> dict[str, Any]:
 
 
 def chunk_record(c: ChunkRow) -> dict[str, Any]:
-    return {"chunk_id": c.id, "doc_key": c.doc_key, "chunk_index": c.chunk_index, "char_start": c.char_start,
-            "char_end": c.char_end, "token_count": c.token_count, "headings": list(c.headings), "text": c.text}
+    rec = {"chunk_id": c.id, "doc_key": c.doc_key, "chunk_index": c.chunk_index, "char_start": c.char_start,
+           "char_end": c.char_end, "token_count": c.token_count, "headings": list(c.headings), "text": c.text}
+    if getattr(c, "pages", None):
+        rec["pages"] = list(c.pages)  # [first, last], 1-based (PDF)
+    return rec
 
 
 def export_index(searcher: Searcher, out_dir: str | Path, key_glob: str | None = None) -> dict[str, Any]:

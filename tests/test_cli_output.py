@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from corpus import DATA, EVAL_DOCS, write_jsonl
 from mitsuke.cli import cli
+from mitsuke.indexer.loaders import SUFFIXES
 
 
 def run(*args, input=None):
@@ -51,7 +52,7 @@ def test_index_summary_is_one_line_and_failures_go_to_stderr(tmp_path):
     (extra / "東京.txt").write_text("東京は日本の首都である。", encoding="utf-8")
     (extra / "壊れた.txt").write_bytes(b"\x00\x01\x02binary")
     (extra / "ｼﾌﾄJIS.txt").write_bytes("半角ｶﾀｶﾅと「括弧」の文書。".encode("cp932"))
-    (extra / "表.pdf").write_bytes(b"%PDF-1.4")
+    (extra / "図.png").write_bytes(b"\x89PNG\r\n")
     r = run("index", extra, DATA, "--index", idx)
     assert r.exit_code == 3  # some inputs failed; the others are committed
     assert seconds_masked(r.stdout) == (
@@ -59,8 +60,8 @@ def test_index_summary_is_one_line_and_failures_go_to_stderr(tmp_path):
     reason = "contains NUL bytes: a binary file (or UTF-16 without a byte-order mark: force it with --encoding utf-16-le)"
     # each bad file once; files passed over for their suffix counted
     assert r.stderr == (
-        "mitsuke: ignored 1 file(s) by suffix (1 .pdf); readable: .htm .html .jsonl .markdown .md .ndjson .text "
-        ".txt (or name them with --include)\n"
+        f"mitsuke: ignored 1 file(s) by suffix (1 .png); readable: {' '.join(sorted(SUFFIXES))} "
+        "(or name them with --include)\n"
         f"failed: {extra / '壊れた.txt'}: {reason}\n"
         "mitsuke: 1 input(s) failed; the other documents were committed (exit status 3)\n")
 

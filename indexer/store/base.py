@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias, Select
 
+from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
     BUILTIN_FIELDS, ChunkPiece, ChunkRow, DocumentRow, Filter, batches, chunks, deleted_chunks, documents,
     metadata, state,
@@ -32,11 +33,18 @@ def _m001_create_tables(store: "SqlStore", conn: Connection) -> None:
     store._create_lexical(conn)
 
 
-MIGRATIONS = [_m001_create_tables]
+def _m002_page_starts(store: "SqlStore", conn: Connection) -> None:
+    # m001 creates the tables from today's definitions, page_starts included:
+    # add the column only to a database made by an older m001.
+    if not store._has_column(conn, "documents", "page_starts"):
+        conn.execute(text("ALTER TABLE documents ADD COLUMN page_starts JSON"))
+
+
+MIGRATIONS = [_m001_create_tables, _m002_page_starts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SqlStore:
+class SqlStore(PagingMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
     Write methods take the ``Connection`` of a ``begin()`` block; read methods
@@ -253,7 +261,7 @@ class SqlStore:
                     doc_key=r[9], title=r[10], source=r[11], source_type=r[12],
                     metadata=r[13] if isinstance(r[13], dict) else json.loads(r[13] or "{}"),
                 )
-        return out
+        return self.with_pages(conn, out)
 
     def documents(self, conn: Connection, key_glob: str | None = None) -> list[DocumentRow]:
         """Every document (or those whose key matches the glob ``key_glob``), by key, with its chunk count."""
@@ -425,3 +433,5 @@ class Snapshot:
     def metadata_keys(self) -> set[str]:
         return self.store.metadata_keys(self.conn)
 
+    def page_starts_of_chunks(self, chunk_ids: Iterable[int]) -> dict[str, tuple[int, ...]]:
+        return self.store.page_starts_of_chunks(self.conn, chunk_ids)

@@ -113,7 +113,9 @@ def show_cmd(key, index_dir, with_text, as_json):
     click.echo(f"chunks    {len(chunks)}")
     for c in chunks:
         head = " > ".join(c.headings)
-        click.echo(f"  #{c.chunk_index} [{c.char_start}:{c.char_end}] {c.token_count} {unit}"
+        pages = getattr(c, "pages", None)
+        page = f" p.{pages[0]}" + (f"-{pages[1]}" if pages[1] != pages[0] else "") if pages else ""
+        click.echo(f"  #{c.chunk_index} [{c.char_start}:{c.char_end}{page}] {c.token_count} {unit}"
                    + (f"  ({head})" if head else ""))
         click.echo("    " + " ".join(c.text.split()))
     if with_text:

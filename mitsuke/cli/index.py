@@ -7,6 +7,7 @@ from collections import Counter
 
 import click
 
+from mitsuke.cli.formats import format_config, format_options
 from mitsuke.cli.inputs import refuse_if_nothing_readable, report_ignored, unreadable_inputs
 from mitsuke.cli.options import CONTEXT, EXIT_PARTIAL, index_option, json_option
 
@@ -49,10 +50,11 @@ __all__ = ["index", "chunk"]
               envvar="MITSUKE_PROGRESS_INTERVAL", metavar="SECONDS",
               help="When stderr is not a terminal: a progress line with ETA every SECONDS "
                    "(env: MITSUKE_PROGRESS_INTERVAL).")
+@format_options
 @json_option
 def index(paths, index_dir, model, prune, force, dry_run, include, exclude, encoding, max_tokens, max_chars,
           overlap, ann, nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, quiet,
-          progress_interval, as_json):
+          progress_interval, as_json, csv_mode, csv_column, pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -82,9 +84,11 @@ def index(paths, index_dir, model, prune, force, dry_run, include, exclude, enco
             raise click.UsageError(str(exc)) from None
     if force and not prune:
         raise click.UsageError("--force only applies to --prune")
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
     run_index(
         paths, index_dir, model, prune=prune, force=force, dry_run=dry_run, include=include, exclude=exclude,
-        encoding=encoding, chunking=chunking, ann=AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None,
+        encoding=encoding, formats=formats, chunking=chunking,
+        ann=AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None,
         embed=EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code),
         builder_options={"batch_docs": batch_docs, "compact_min_rows": compact_min_rows},
         quiet=quiet, progress_interval=progress_interval, as_json=as_json)
@@ -104,8 +108,10 @@ def index(paths, index_dir, model, prune, force, dry_run, include, exclude, enco
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
+@format_options
 @json_option
-def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json):
+def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json, csv_mode, csv_column,
+          pdf_max_pages):
     """Preview how PATHs would be chunked, without building an index.
 
     With --json, one object per line: doc_key, chunk_index, char_start,
@@ -123,6 +129,7 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     from mitsuke.indexer.chunking import Chunker
     from mitsuke.indexer.config import ChunkConfig
     from mitsuke.indexer.loaders import LoadFailure, iter_documents
+    from mitsuke.indexer.pages import pages_of
 
     lexical = model.lower() == "none"
     if max_chars is not None and not lexical:
@@ -147,15 +154,19 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     bad = unreadable_inputs(paths)
     refuse_if_nothing_readable(paths, bad)
     failed = 0
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
     ignored: Counter[str] = Counter()
-    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, ignored=ignored):
+    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats,
+                               ignored=ignored):
         if isinstance(item, LoadFailure):
             failed += 1
             click.echo(f"failed: {item.path}: {item.reason}", err=True)
             continue
-        for c in chunker.chunk(item.text, markdown=item.source_type == "markdown"):
+        for c in chunker.chunk(item.text, markdown=item.has_headings, breaks=item.page_starts):
             if as_json:
-                click.echo(json.dumps({"doc_key": item.key, **c.to_dict()}, ensure_ascii=False))
+                pages = pages_of(item.page_starts, c.char_start, c.char_end)
+                click.echo(json.dumps({"doc_key": item.key, **c.to_dict(), **({"pages": list(pages)} if pages else {})},
+                                      ensure_ascii=False))
             else:
                 head = " > ".join(c.headings)
                 click.echo(f"{item.key}#{c.index} [{c.char_start}:{c.char_end}] {c.token_count} "

@@ -37,7 +37,7 @@ def _refuse_prune(reason: str) -> None:
 
 def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prune: bool, force: bool,
               dry_run: bool, include: tuple[str, ...], exclude: tuple[str, ...], encoding: str | None,
-              chunking: Any, ann: Any, embed: Any, builder_options: dict[str, Any], quiet: bool,
+              formats: Any, chunking: Any, ann: Any, embed: Any, builder_options: dict[str, Any], quiet: bool,
               progress_interval: float, as_json: bool) -> None:
     from mitsuke.cli.progress import Progress, format_duration, guess_tokens_per_second
     from mitsuke.indexer.builder import IndexBuilder
@@ -55,7 +55,7 @@ def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prun
     ignored: Counter[str] = Counter()
 
     def documents(count_ignored: bool = False):
-        return iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
+        return iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats,
                               ignored=ignored if count_ignored else None)
 
     plan = None
