@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 __all__ = [
     "get_tagger",
+    "iter_morphemes",
     "morpheme_spans",
     "punctuation_pieces",
     "sentence_spans",
@@ -123,18 +124,31 @@ def punctuation_pieces(surface: str) -> list[tuple[int, int]]:
     return pieces
 
 
+def iter_morphemes(text: str) -> Iterator[tuple[int, int, object | None]]:
+    """``(start, end, word)`` for the morphemes of ``morpheme_spans(text)``, lazily, in order.
+
+    ``word`` is the fugashi node (``None`` for a piece of a split unknown
+    word); read what you need from it before taking the next item, since the
+    next MeCab window may reuse the lattice it points into. Reading a long
+    text lazily keeps memory flat, and a caller that needs morphemes of a
+    stretch gets exactly those of the whole text (MeCab's choice at a place
+    depends on the text around it: ``ＡＢＣＡＢＣ`` alone is two words, in
+    ``「ＡＢＣＡＢＣ」`` one).
+    """
+    for s, e, w in _words(text):
+        if w.is_unk and e - s > 1:
+            for a, b in punctuation_pieces(text[s:e]):
+                yield s + a, s + b, None
+        elif not text[s:e].isspace():
+            yield s, e, w
+
+
 def morpheme_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of MeCab morphemes; whitespace between them belongs to none.
 
     Unknown words made of punctuation are split per mark (``punctuation_pieces``).
     """
-    spans: list[tuple[int, int]] = []
-    for s, e, w in _words(text):
-        if w.is_unk and e - s > 1:
-            spans.extend((s + a, s + b) for a, b in punctuation_pieces(text[s:e]))
-        elif not text[s:e].isspace():
-            spans.append((s, e))
-    return spans
+    return [(s, e) for s, e, _ in iter_morphemes(text)]
 
 
 def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
