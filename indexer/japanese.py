@@ -155,7 +155,8 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     """Sentences of ``text[start:end]`` as spans trimmed of surrounding whitespace.
 
     A sentence ends at 。．！？!?｡ (plus the closing quotes/brackets and marks
-    that follow, so ``…。」`` stays whole) when no bracket is open, or at a
+    that follow, so ``…。」`` stays whole) when no bracket is open (an ASCII
+    ``!``/``?`` inside a Latin name such as ``Yahoo!ニュース`` ends nothing), or at a
     line break when no bracket is open. A blank line always ends a sentence
     and forgets unclosed brackets, so one stray 「 cannot swallow the rest of
     a document. Every non-whitespace character of the range lies in exactly
@@ -205,6 +206,11 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
         elif stack and ch in CLOSE_BRACKETS and ch in stack:
             while stack and stack.pop() != ch:  # mismatched nesting: close up to it
                 pass
+        if ch in "!?" and _inside_name(text, i, start, end):
+            pos = i + 1
+            while pos < end and text[pos] in "!?":
+                pos += 1  # Yahoo!!ニュース: the whole run is part of the name
+            continue
         if ch in _TERMINATORS and not stack and not (ch == "．" and _decimal_point(text, i, end)):
             j = i + 1
             while j < end and text[j] in _TRAILERS:
@@ -221,6 +227,23 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     if sent_start >= 0:
         spans.append((sent_start, _rstrip(text, sent_start, end)))
     return [(s, e) for s, e in spans if e > s]
+
+
+def _inside_name(text: str, i: int, start: int, end: int) -> bool:
+    """An ASCII ``!``/``?`` inside a Latin-script name or token, not a sentence end.
+
+    ``Yahoo!ニュース``, ``Yahoo!の株価``, ``Yahoo!JAPAN``, ``Signalize!/``: the
+    mark follows a Latin letter or digit and the text goes on with no space
+    (and not with a closing bracket, quote or another sentence mark). After
+    Japanese text (``本当に?それは``) or before a space (``Hello! How``) it
+    ends a sentence as before.
+    """
+    if i <= start or not (text[i - 1].isascii() and text[i - 1].isalnum()):
+        return False
+    j = i + 1
+    while j < end and text[j] in "!?":
+        j += 1
+    return j < end and not text[j].isspace() and text[j] not in _TRAILERS
 
 
 def _decimal_point(text: str, i: int, end: int) -> bool:

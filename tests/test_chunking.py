@@ -39,9 +39,25 @@ EVAL = REPO.parent / "shared" / "eval"
     ("円周率は３．１４です．次の文．", ["円周率は３．１４です．", "次の文．"]),
     ("", []),
     ("\n\r\n \u3000", []),
+    # An ASCII !/? inside a Latin-script name is no sentence end; after Japanese or before a space it is.
+    ("ほぼ10か月経って、Yahoo!の株価（YHOO）は下がった。次。", ["ほぼ10か月経って、Yahoo!の株価（YHOO）は下がった。", "次。"]),
+    ("Yahoo!ニュースで見た。Yahoo!!ニュース。", ["Yahoo!ニュースで見た。", "Yahoo!!ニュース。"]),
+    ("番組をYahoo!JAPANで配信、Signalize!/カレンダーガール", ["番組をYahoo!JAPANで配信、Signalize!/カレンダーガール"]),
+    ("本当に?それは嘘だ!次の文", ["本当に?", "それは嘘だ!", "次の文"]),
+    ("Hello! How are you? 元気。Yahoo!", ["Hello!", "How are you?", "元気。", "Yahoo!"]),
+    ("「Yahoo!」と叫んだ。", ["「Yahoo!」と叫んだ。"]),
 ])
 def test_sentence_spans(text, expected):
     assert [text[s:e] for s, e in sentence_spans(text)] == expected
+
+
+def test_a_name_with_an_exclamation_mark_stays_in_its_chunk():
+    # The article: chunks ended after "Yahoo!" and began with "の株価".
+    text = ("2000年1月にピークを迎えた後、ほぼ10か月経って、Yahoo!の株価（YHOO）は当時の最高値から"
+            "約90％下落した。Yahoo!ニュースはその後も続いた。") * 3
+    chunks = Chunker(ChunkConfig(max_chars=70)).chunk(text)
+    assert [c.text for c in chunks] == [s + "。" for s in text.split("。") if s]
+    assert not any(c.text.startswith(("の株価", "ニュース")) for c in chunks)
 
 
 def test_sentence_spans_respects_the_range():
