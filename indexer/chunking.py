@@ -332,8 +332,9 @@ class Chunker:
         counts = self.count([text[s:e] for s, e in bounds])
         pieces: list[tuple[int, int, int]] = []
         for (s, e), n in zip(bounds, counts):
-            inside = [m for m in morphs if s <= m[0] and m[1] <= e]
-            if n > self.budget and not self.exact_chars and depth < 8 and len(inside) > 1:
+            over = n > self.budget and not self.exact_chars and depth < 8
+            inside = [m for m in morphs if s <= m[0] and m[1] <= e] if over else []
+            if len(inside) > 1:
                 # The chars-per-token estimate was optimistic for this stretch: cut it finer,
                 # at the same (whole-text) morphemes.
                 sub = max(1, int(target * self.budget / n * 0.9))

@@ -20,6 +20,7 @@ __all__ = [
     "sentence_spans",
     "lexical_terms",
     "normalize",
+    "match_text",
     "passage_terms",
     "LEXICAL_STOP_POS",
     "LEXICAL_INFLECTING_POS",
@@ -59,6 +60,21 @@ def get_tagger():
 def normalize(text: str) -> str:
     """NFKC + lower case: the form used for matching, never for stored text."""
     return unicodedata.normalize("NFKC", text).lower()
+
+
+def match_text(text: str) -> str:
+    """``normalize(text)`` made storable: control characters as spaces, lone surrogates replaced.
+
+    The text the trigram index holds for a passage, and the form a query is
+    matched in, so ｶﾀｶﾅ/ＡＢＣ/ABC find each other as substrings too.
+    """
+    # Control characters become spaces: FTS5 reads a MATCH expression as a C string (a NUL ends it).
+    norm = _NUL_RE.sub(" ", normalize(text))
+    try:
+        norm.encode("utf-8")
+    except UnicodeEncodeError:
+        norm = norm.encode("utf-8", "replace").decode("utf-8")
+    return norm
 
 
 def _words(text: str) -> Iterator[tuple[int, int, object]]:

@@ -6,6 +6,8 @@ numbered migrations recorded in ``schema_version``.
 from __future__ import annotations
 
 import json
+import logging
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,12 @@ from sqlalchemy import (
     create_engine, event, func, select, text,
 )
 
-__all__ = ["MetadataStore", "ChunkRow", "metadata", "documents", "chunks", "state", "deleted_chunks"]
+from mitsuke.indexer.japanese import match_text
+
+__all__ = ["MetadataStore", "ChunkRow", "metadata", "documents", "chunks", "state", "deleted_chunks",
+           "TRIGRAM_TABLE", "TRIGRAM_FORM"]
+
+log = logging.getLogger("mitsuke")
 
 metadata = MetaData()
 
@@ -74,7 +81,42 @@ def _m001_create_tables(conn: Connection) -> None:
     conn.execute(text("CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(terms, tokenize='unicode61 remove_diacritics 0')"))
 
 
-MIGRATIONS = [_m001_create_tables]
+# Substring matching: the passages' text, NFKC + lower case (japanese.match_text), in an FTS5
+# trigram index; rowid = chunk id. Contentless (the text is in ``chunks`` already): a row is
+# removed with FTS5's 'delete' command and the text it was indexed with, which
+# ``_trigram_rows`` recomputes; TRIGRAM_FORM records how, and a writer that would compute it
+# differently rebuilds the table (``MetadataStore._check_trigram_form``).
+TRIGRAM_TABLE = "chunk_trigrams"
+TRIGRAM_FORM = f"nfkc-lower-v1:unicode-{unicodedata.unidata_version}"
+
+
+def _trigram_rows(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+    return [(int(i), match_text(t)) for i, t in rows]
+
+
+def _fill_trigrams(conn: Connection) -> None:
+    """Index every chunk's text in ``chunk_trigrams`` (the table is empty)."""
+    last = 0
+    while True:
+        rows = conn.exec_driver_sql("SELECT id, text FROM chunks WHERE id > ? ORDER BY id LIMIT 2000",
+                                    (last,)).fetchall()
+        if not rows:
+            break
+        conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} (rowid, text) VALUES (?, ?)", _trigram_rows(rows))
+        last = int(rows[-1][0])
+
+
+def _m002_chunk_trigrams(conn: Connection) -> None:
+    # detail=full: a substring query is an FTS5 phrase of trigrams, which needs positions.
+    conn.exec_driver_sql(f"CREATE VIRTUAL TABLE IF NOT EXISTS {TRIGRAM_TABLE} USING fts5("
+                         "text, tokenize='trigram', detail=full, content='')")
+    # An index written before this migration: its passages are indexed now, by its first writer.
+    _fill_trigrams(conn)
+    conn.execute(text("INSERT INTO state (key, value) VALUES ('trigram_form', :v) "
+                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value"), {"v": TRIGRAM_FORM})
+
+
+MIGRATIONS = [_m001_create_tables, _m002_chunk_trigrams]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -144,6 +186,28 @@ class MetadataStore:
             if number > current:
                 migration(conn)
                 conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": number})
+        self._check_trigram_form(conn)
+
+    def _check_trigram_form(self, conn: Connection) -> None:
+        """Rebuild ``chunk_trigrams`` when this Python would normalise passages differently.
+
+        A contentless FTS5 row can only be deleted with the exact text it was
+        indexed with; another Unicode version of NFKC (a Python upgrade) could
+        compute another one for a few characters and corrupt the index.
+        """
+        have = self.get_state(conn, "trigram_form")
+        if have == TRIGRAM_FORM:
+            return
+        log.info("%s: passages were normalised as %s, this Python gives %s: re-indexing the trigram table",
+                 self.path, have, TRIGRAM_FORM)
+        conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} ({TRIGRAM_TABLE}) VALUES ('delete-all')")
+        _fill_trigrams(conn)
+        self.set_state(conn, "trigram_form", TRIGRAM_FORM)
+
+    def has_trigrams(self, conn: Connection) -> bool:
+        """Whether this index has the trigram table (indexes written before migration 2 have not)."""
+        return conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                    (TRIGRAM_TABLE,)).first() is not None
 
     # ------------------------------------------------------------------ state
     def get_state(self, conn: Connection, key: str, default: str | None = None) -> str | None:
@@ -190,7 +254,11 @@ class MetadataStore:
         for part in _batches(list(doc_ids), 500):
             chunk_ids += [r[0] for r in conn.execute(select(chunks.c.id).where(chunks.c.doc_id.in_(part)))]
         for part in _batches(chunk_ids, 500):
-            conn.execute(text(f"DELETE FROM chunk_terms WHERE rowid IN ({','.join(str(int(i)) for i in part)})"))
+            ids = ','.join(str(int(i)) for i in part)
+            conn.execute(text(f"DELETE FROM chunk_terms WHERE rowid IN ({ids})"))
+            rows = conn.exec_driver_sql(f"SELECT id, text FROM chunks WHERE id IN ({ids})").fetchall()
+            conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} ({TRIGRAM_TABLE}, rowid, text) VALUES ('delete', ?, ?)",
+                                 _trigram_rows(rows))
             conn.execute(chunks.delete().where(chunks.c.id.in_(part)))
         if chunk_ids:
             conn.execute(deleted_chunks.insert(), [{"chunk_id": i, "generation": generation} for i in chunk_ids])
@@ -209,8 +277,23 @@ class MetadataStore:
             "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
             [(r["id"], t) for r, t in zip(rows, terms)],
         )
+        conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} (rowid, text) VALUES (?, ?)",
+                             _trigram_rows((r["id"], r["text"]) for r in rows))
 
     # ------------------------------------------------------------------ reads
+    def trigram_bm25(self, conn: Connection, match: str, k: int, flt: Any = None) -> list[tuple[int, float]]:
+        """(chunk id, BM25; higher is better) of passages matching the FTS5 trigram expression ``match``.
+
+        ``flt`` (a ``search.filters.Filter``) restricts the passages in SQL.
+        """
+        params: dict[str, Any] = {"match": match, "k": int(k)}
+        sql = f"SELECT rowid, bm25({TRIGRAM_TABLE}) FROM {TRIGRAM_TABLE} WHERE {TRIGRAM_TABLE} MATCH :match"
+        if flt is not None:
+            sql += f" AND rowid IN ({flt.chunk_ids_sql})"
+            params.update(flt.params)
+        sql += f" ORDER BY bm25({TRIGRAM_TABLE}), rowid LIMIT :k"
+        return [(int(r[0]), -float(r[1])) for r in conn.execute(text(sql), params)]
+
     def counts(self, conn: Connection) -> dict[str, int]:
         return {
             "documents": conn.execute(select(func.count()).select_from(documents)).scalar() or 0,

@@ -17,6 +17,9 @@ class Passage:
     ``dense_rank`` / ``lexical_rank`` (1-based) its rank in that leg's
     candidates; ``None`` where the leg did not return the passage (in hybrid
     mode ``dense_score`` is filled in for lexical-only passages too).
+    ``lexical_match`` says what the lexical leg found the passage by:
+    ``"terms"`` (MeCab terms), ``"trigram"`` (the query, or a
+    whitespace-separated piece of it, as a substring) or ``"both"``.
     """
 
     chunk_id: int
@@ -34,6 +37,7 @@ class Passage:
     lexical_score: float | None = None
     dense_rank: int | None = None
     lexical_rank: int | None = None
+    lexical_match: str | None = None
 
     def __hash__(self) -> int:
         # The generated hash would fail on the metadata dict; a passage's identity is its chunk and score.

@@ -19,7 +19,7 @@ from mitsuke.indexer.store import ChunkRow, MetadataStore
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.filters import Filter, compile_where, filtered_vectors
 from mitsuke.search.fusion import FUSIONS, check_weights, fuse
-from mitsuke.search.lexical import bm25_search
+from mitsuke.search.trigram import lexical_search
 from mitsuke.search.rerank import exact_scores, exact_top_k
 from mitsuke.search.results import Passage
 
@@ -106,6 +106,7 @@ class Searcher:
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
+        self._told_no_trigrams = False
         analysis = manifest.get("lexical_analysis")
         if analysis is not None and analysis != LEXICAL_ANALYSIS_VERSION:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
@@ -260,6 +261,7 @@ class Searcher:
             generation = self.store.generation(conn)
             if self.vectors is not None:  # row numbers of this snapshot refer to its vectors epoch
                 self.vectors.bind(self.store.vectors_epoch(conn))
+            trigrams = mode != "dense" and self._has_trigrams(conn)
             dense_legs: dict[int, list[tuple[int, float]]] = {}
             if qvecs:
                 order = sorted(qvecs)
@@ -269,9 +271,11 @@ class Searcher:
             for qi in live:
                 dense = dense_legs.get(qi, [])
                 lexical: list[tuple[int, float]] = []
+                matches: dict[int, str] = {}
                 if mode != "dense":
-                    lexical = bm25_search(conn, queries[qi], k if mode == "lexical" else pool, flt,
-                                          n_docs=self._chunk_count(conn, generation))
+                    hits = lexical_search(conn, self.store, queries[qi], k if mode == "lexical" else pool, flt,
+                                          n_docs=self._chunk_count(conn, generation), trigrams=trigrams)
+                    lexical, matches = hits.ranked, hits.matches
                 extra: dict[int, float] = {}
                 if mode == "dense":
                     ranked = dense
@@ -285,8 +289,19 @@ class Searcher:
                     extra = self._cosines(conn, qvecs[qi], missing)
                     dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
                     ranked = fuse(dense_all if fusion == "weighted" else dense, lexical, fusion, weights)
-                results[qi] = self._passages(conn, ranked[:k], dense, lexical, extra)
+                results[qi] = self._passages(conn, ranked[:k], dense, lexical, extra, matches)
         return results
+
+    def _has_trigrams(self, conn) -> bool:
+        """Whether the index has the trigram table; an older index is searched by its terms alone."""
+        if self.store.has_trigrams(conn):
+            return True
+        if not self._told_no_trigrams:
+            self._told_no_trigrams = True
+            log.warning("%s predates substring (trigram) matching: lexical search uses MeCab terms only. "
+                        "Any `mitsuke index ... --index %s` run adds it (e.g. `mitsuke index - --index %s "
+                        "< /dev/null`, which indexes nothing else)", self.path, self.path, self.path)
+        return False
 
     def _chunk_count(self, conn, generation: int) -> int:
         """Number of passages at ``generation`` (counted once per generation)."""
@@ -371,7 +386,8 @@ class Searcher:
         return {i: float(s) for i, s in zip(have, scores)}
 
     def _passages(self, conn, ranked: list[tuple[int, float]], dense: list[tuple[int, float]],
-                  lexical: list[tuple[int, float]], extra_dense: dict[int, float] | None = None) -> list[Passage]:
+                  lexical: list[tuple[int, float]], extra_dense: dict[int, float] | None = None,
+                  matches: dict[int, str] | None = None) -> list[Passage]:
         rows = self.store.chunk_rows(conn, [c for c, _ in ranked])
         d_rank = {c: (r, s) for r, (c, s) in enumerate(dense, 1)}
         l_rank = {c: (r, s) for r, (c, s) in enumerate(lexical, 1)}
@@ -389,6 +405,7 @@ class Searcher:
                 metadata=row.metadata, chunk_index=row.chunk_index, source=row.source,
                 dense_score=d[1] if d else extra_dense.get(cid), lexical_score=lx[1] if lx else None,
                 dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None,
+                lexical_match=(matches or {}).get(cid) if lx else None,
             ))
         return out
 
