@@ -233,3 +233,15 @@ def searcher_factory(tmp_path_factory):
         b.add_documents([{"id": k, "text": v} for k, v in texts.items()])
     with Searcher.open(path) as s:
         yield s, texts
+
+
+def test_hybrid_search_uses_the_trigram_leg(tmp_path, tiny_embedder):
+    path = tmp_path / "hyb"
+    with IndexBuilder.open(path, embedder=tiny_embedder) as b:
+        b.add_documents(_docs())
+    with Searcher.open(path, embedder=tiny_embedder) as s:
+        hits = s.search("ッカーシンボ", k=3, mode="hybrid")
+        soccer = [h for h in hits if h.doc_key == "soccer"]
+        assert soccer and soccer[0].lexical_rank == 1 and soccer[0].lexical_match == "trigram"
+        assert all(h.lexical_match is None for h in hits if h.lexical_rank is None)
+        assert s.search("ッカーシンボ", k=1, mode="hybrid", fusion="weighted", weights=(0, 1))[0].doc_key == "soccer"
