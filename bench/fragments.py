@@ -126,8 +126,8 @@ def build(name: str, sets: tuple[str, ...]) -> tuple[Path, dict]:
 
 def trigram_cost(path: Path) -> dict:
     """Size of the index with and without the trigram table, and the time to fill it (on copies)."""
-    from mitsuke.indexer.store import TRIGRAM_TABLE, _fill_trigrams
-    from sqlalchemy import create_engine
+    from mitsuke.indexer.store import SqliteStore
+    from mitsuke.indexer.store.sqlite import TRIGRAM_TABLE
 
     db = path / "meta.sqlite"
     tmp = OUT / "copy.sqlite"
@@ -143,14 +143,12 @@ def trigram_cost(path: Path) -> dict:
         out[f"bytes_{label}_trigrams"] = tmp.stat().st_size
     # Fill time: empty the table on the copy that has it, refill it through the store's own code.
     shutil.copy(db, tmp)
-    engine = create_engine(f"sqlite:///{tmp}")
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} ({TRIGRAM_TABLE}) VALUES ('delete-all')")
+    store = SqliteStore(tmp)
     t0 = time.perf_counter()
-    with engine.begin() as conn:
-        _fill_trigrams(conn)
+    with store.begin() as conn:
+        store.rebuild_substrings(conn)  # empties the table, then refills it
     out["trigram_fill_s"] = time.perf_counter() - t0
-    engine.dispose()
+    store.close()
     tmp.unlink()
     return out
 
@@ -160,21 +158,23 @@ def trigram_cost(path: Path) -> dict:
 def legs(path: Path, queries: list[str]) -> tuple[list[dict], dict[int, tuple]]:
     """Per query: terms leg, trigram leg, whether a query term is unknown to the index; chunk info by id."""
     out = []
-    with Searcher.open(path) as s, s.store.engine.connect() as conn:
+    con = sqlite3.connect(path / "meta.sqlite")  # the vocabulary and chunk spans, read as plain SQLite
+    con.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.v USING fts5vocab(main, 'chunk_terms', 'row')")
+    vocab = {t for (t,) in con.execute("SELECT term FROM temp.v")}
+    rows = con.execute("SELECT c.id, d.key, c.char_start, c.char_end FROM chunks c "
+                       "JOIN documents d ON d.id = c.doc_id").fetchall()
+    con.close()
+    with Searcher.open(path) as s, s.store.snapshot() as snap:
         n_docs = s.info()["chunks"]
-        conn.exec_driver_sql("CREATE VIRTUAL TABLE IF NOT EXISTS temp.v USING fts5vocab(main, 'chunk_terms', 'row')")
-        vocab = {t for (t,) in conn.exec_driver_sql("SELECT term FROM temp.v")}
         for q in queries:
             t0 = time.perf_counter()
-            terms = bm25_search(conn, q, K, n_docs=n_docs)
+            terms = bm25_search(snap, q, K, n_docs=n_docs)
             t1 = time.perf_counter()
-            tri = trigram_search(conn, s.store, q, K)
+            tri = trigram_search(snap, q, K)
             t2 = time.perf_counter()
             qt = query_terms(q)
             out.append({"terms": terms, "tri": tri, "oov": any(t not in vocab for t in qt) or not qt,
                         "ms_terms": (t1 - t0) * 1000, "ms_tri": (t2 - t1) * 1000})
-        rows = conn.exec_driver_sql("SELECT c.id, d.key, c.char_start, c.char_end FROM chunks c "
-                                    "JOIN documents d ON d.id = c.doc_id").fetchall()
     return out, {int(r[0]): (r[1], r[2], r[3]) for r in rows}
 
 

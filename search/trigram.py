@@ -5,7 +5,7 @@ MeCab cuts a fragment of a word (``ッカーシンボ`` of サッカーシンボ
 index cannot find it. The trigram table (``indexer.store.TRIGRAM_TABLE``)
 holds every passage's text NFKC + lower-cased (``japanese.match_text``); a
 query is cut at whitespace into pieces, each piece of three or more
-characters is an FTS5 phrase of its trigrams (a substring match), and the
+characters is a substring match (an FTS5 phrase of its trigrams), and the
 pieces are ORed and ranked by BM25.
 
 ``lexical_search`` combines this with ``lexical.bm25_search`` (the terms):
@@ -19,13 +19,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
-
 from mitsuke.indexer.japanese import match_text
-from mitsuke.search.filters import Filter
+from mitsuke.indexer.store import Filter, Snapshot
 from mitsuke.search.lexical import bm25_search
 
-__all__ = ["trigram_phrases", "trigram_query", "trigram_search", "lexical_search", "combine", "LexicalHits",
+__all__ = ["trigram_phrases", "trigram_search", "lexical_search", "combine", "LexicalHits",
            "TRIGRAM_WEIGHT", "MAX_PHRASES", "MIN_PHRASE_CHARS", "MATCH_KINDS"]
 
 log = logging.getLogger("mitsuke")
@@ -56,21 +54,12 @@ def trigram_phrases(query: str) -> list[str]:
     return list(out)
 
 
-def trigram_query(query: str) -> str | None:
-    """The FTS5 MATCH expression: each piece a quoted phrase, ORed; None when no piece has a trigram."""
-    phrases = trigram_phrases(query)
-    if not phrases:
-        return None
-    return " OR ".join('"' + p.replace('"', '""') + '"' for p in phrases)
-
-
-def trigram_search(conn: Connection, store, query: str, k: int, flt: Filter | None = None
-                   ) -> list[tuple[int, float]]:
+def trigram_search(snap: Snapshot, query: str, k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
     """(chunk id, BM25) of passages holding a piece of ``query`` as a substring, best first."""
-    match = trigram_query(query)
-    if match is None or k <= 0:
+    phrases = trigram_phrases(query)
+    if not phrases or k <= 0:
         return []
-    return store.trigram_bm25(conn, match, k, flt)
+    return snap.substring_bm25(phrases, k, flt)
 
 
 @dataclass
@@ -104,7 +93,7 @@ def combine(terms: Sequence[tuple[int, float]], trigrams: Sequence[tuple[int, fl
     return LexicalHits(ranked, matches)
 
 
-def lexical_search(conn: Connection, store, query: str, k: int, flt: Filter | None = None, *,
+def lexical_search(snap: Snapshot, query: str, k: int, flt: Filter | None = None, *,
                    n_docs: int | None = None, trigrams: bool = True, weight: float | None = None
                    ) -> LexicalHits:
     """The lexical leg: MeCab terms (BM25) and, where the index has it, trigram substrings, combined.
@@ -113,8 +102,8 @@ def lexical_search(conn: Connection, store, query: str, k: int, flt: Filter | No
     ``weight=0`` gives the terms alone; ``weight`` defaults to ``TRIGRAM_WEIGHT``.
     """
     weight = TRIGRAM_WEIGHT if weight is None else float(weight)
-    terms = bm25_search(conn, query, k, flt, n_docs=n_docs)
-    tri = trigram_search(conn, store, query, k, flt) if trigrams and weight > 0 else []
+    terms = bm25_search(snap, query, k, flt, n_docs=n_docs)
+    tri = trigram_search(snap, query, k, flt) if trigrams and weight > 0 else []
     if not tri:
         return LexicalHits(list(terms), {c: "terms" for c, _ in terms})
     hits = combine(terms, tri, weight)

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from mitsuke.cli import cli
 from mitsuke.indexer import IndexBuilder
-from mitsuke.indexer.store import TRIGRAM_FORM, TRIGRAM_TABLE
+from mitsuke.indexer.store.sqlite import TRIGRAM_FORM, TRIGRAM_TABLE, fts5_match
 from mitsuke.search import Searcher
 from mitsuke.search.lexical import bm25_search
-from mitsuke.search.trigram import combine, trigram_phrases, trigram_query
+from mitsuke.search.trigram import combine, trigram_phrases
 
 CORPUS = {
     "soccer": ("サッカー", "日本サッカー協会のサッカーシンボルマークは八咫烏である。"),
@@ -71,8 +71,8 @@ def test_terms_alone_miss_the_katakana_fragments(searcher):
 
 
 def bm25_search_on(searcher, query):
-    with searcher.store.engine.connect() as conn:
-        return bm25_search(conn, query, 10)
+    with searcher.store.snapshot() as snap:
+        return bm25_search(snap, query, 10)
 
 
 @pytest.mark.parametrize("query", ["東京", "京", "都", "寺", "東の"])
@@ -96,7 +96,7 @@ def test_a_word_matched_both_ways_says_both(searcher):
 def test_query_syntax_is_never_fts5_syntax(searcher):
     for q in ['"ッカー" OR NEAR(a b)', "シンボ*", "text:シンボル", '""""', "^サッカー -x", "a\x00bcd"]:
         searcher.search(q, k=3, mode="lexical")  # no error
-    assert trigram_query('ab"cd ef') == '"ab""cd"'
+    assert fts5_match(trigram_phrases('ab"cd ef')) == '"ab""cd"'
     assert trigram_phrases("ｯｶｰｼﾝﾎﾞ  東京 タワー") == ["ッカーシンボ", "タワー"]
 
 
@@ -141,12 +141,12 @@ def test_updates_and_deletes_leave_no_stale_substrings(tmp_path):
 
 
 def _make_old_index(path):
-    """An index as mitsuke wrote it before migration 2: no trigram table."""
+    """An index as mitsuke wrote it before migration 3: no trigram table."""
     with IndexBuilder.open(path, model="none") as b:
         b.add_documents(_docs())
     con = sqlite3.connect(path / "meta.sqlite")
     con.execute(f"DROP TABLE {TRIGRAM_TABLE}")
-    con.execute("DELETE FROM schema_version WHERE version >= 2")
+    con.execute("DELETE FROM schema_version WHERE version >= 3")
     con.execute("DELETE FROM state WHERE key = 'trigram_form'")
     con.commit()
     con.close()
