@@ -259,6 +259,45 @@ class MetadataStore:
                 )
         return out
 
+    # ------------------------------------------------------------------ documents (read side)
+    def list_documents(self, conn: Connection, *, offset: int = 0, limit: int = 100,
+                       prefix: str | None = None) -> list[dict[str, Any]]:
+        """A page of documents by key: key, title, source, source_type, n_chars, chunks, metadata, generation."""
+        n_chunks = (select(func.count()).select_from(chunks).where(chunks.c.doc_id == documents.c.id)
+                    .scalar_subquery())
+        q = select(documents.c.key, documents.c.title, documents.c.source, documents.c.source_type,
+                   documents.c.n_chars, documents.c.meta, documents.c.generation, n_chunks)
+        if prefix:
+            # substr() rather than LIKE: no wildcard in a user's prefix can widen the match.
+            q = q.where(func.substr(documents.c.key, 1, len(prefix)) == prefix)
+        q = q.order_by(documents.c.key).offset(int(offset)).limit(int(limit))
+        return [{"doc_key": r[0], "title": r[1], "source": r[2], "source_type": r[3], "n_chars": r[4],
+                 "metadata": r[5] if isinstance(r[5], dict) else json.loads(r[5] or "{}"),
+                 "generation": r[6], "chunks": int(r[7])} for r in conn.execute(q)]
+
+    def count_documents(self, conn: Connection, prefix: str | None = None) -> int:
+        """Documents whose key starts with ``prefix`` (all without one)."""
+        q = select(func.count()).select_from(documents)
+        if prefix:
+            q = q.where(func.substr(documents.c.key, 1, len(prefix)) == prefix)
+        return int(conn.execute(q).scalar() or 0)
+
+    def document_chunks(self, conn: Connection, key: str) -> tuple[dict[str, Any], list[ChunkRow]] | None:
+        """One document (as ``list_documents`` describes it) and its chunks in order; None if absent."""
+        doc = conn.execute(select(documents.c.id).where(documents.c.key == key)).scalar()
+        if doc is None:
+            return None
+        ids = [int(r[0]) for r in conn.execute(
+            select(chunks.c.id).where(chunks.c.doc_id == doc).order_by(chunks.c.chunk_index))]
+        rows = self.chunk_rows(conn, ids)
+        q = select(documents.c.key, documents.c.title, documents.c.source, documents.c.source_type,
+                   documents.c.n_chars, documents.c.meta, documents.c.generation).where(documents.c.id == doc)
+        r = conn.execute(q).one()
+        info = {"doc_key": r[0], "title": r[1], "source": r[2], "source_type": r[3], "n_chars": r[4],
+                "metadata": r[5] if isinstance(r[5], dict) else json.loads(r[5] or "{}"),
+                "generation": r[6], "chunks": len(ids)}
+        return info, [rows[i] for i in ids if i in rows]
+
 
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):

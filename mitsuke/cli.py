@@ -1,4 +1,4 @@
-"""The ``mitsuke`` command: index, search, info, eval, chunk."""
+"""The ``mitsuke`` command: index, search, info, eval, chunk, serve, mcp."""
 from __future__ import annotations
 
 import json
@@ -471,6 +471,12 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
                            + (f"({head}) " if head else "") + " ".join(c.text.split())[:80])
     if failed:
         sys.exit(1)
+
+
+from mitsuke.cli_serve import mcp as _mcp_command, serve as _serve_command  # noqa: E402
+
+cli.add_command(_serve_command)
+cli.add_command(_mcp_command)
 
 
 def main() -> None:
