@@ -17,6 +17,19 @@ _index = click.option("--index", "index_dir", required=True, envvar="MITSUKE_IND
                       help="Index directory (env: MITSUKE_INDEX).")
 
 
+_threads = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads for the query embedding (default: torch's, all cores). With several replicas on one "
+         "machine give each cores / replicas.")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _missing(extra: str, exc: ImportError) -> click.ClickException:
     return click.ClickException(f"{exc.name or exc} is not installed: pip install 'mitsuke[{extra}]'")
 
@@ -38,10 +51,11 @@ def _missing(extra: str, exc: ImportError) -> click.ClickException:
               help="Most queries in one POST /search/batch.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
+@_threads
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn's log level (access log at info).")
 def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_chars, max_k, max_batch,
-          max_body_bytes, device, log_level):
+          max_body_bytes, device, threads, log_level):
     """Serve --index DIR over HTTP: a JSON API, OpenAPI docs at /docs, a search page at /.
 
     The model loads once and is warmed before GET /readyz answers 200;
@@ -61,6 +75,7 @@ def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_
                          insecure=insecure, device=device, max_query_chars=max_query_chars, max_k=max_k,
                          max_batch=max_batch, max_body_bytes=max_body_bytes, cors_origins=list(cors_origin))
     config.check_bind()  # before anything loads or listens
+    _set_threads(threads)
     try:
         import uvicorn
 
@@ -88,7 +103,8 @@ def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_
 @click.command(context_settings=CONTEXT)
 @_index
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
-def mcp(index_dir, device):
+@_threads
+def mcp(index_dir, device, threads):
     """Serve --index DIR to an MCP client on stdin/stdout: tools `search` and `get_document`.
 
     \b
@@ -101,6 +117,7 @@ def mcp(index_dir, device):
         raise _missing("mcp", exc) from None
     from mitsuke.server.service import SearchService
 
+    _set_threads(threads)
     service = SearchService(index_dir, device=device)
     try:
         service.warm()

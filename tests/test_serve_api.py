@@ -37,7 +37,8 @@ def lex_server(lex_index, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dense_server(dense_index, tmp_path_factory):
-    with running_server(dense_index, log=tmp_path_factory.mktemp("logs") / "dense.log") as (base, _):
+    # One torch thread: on a shared machine two threads spin against each other (10x slower).
+    with running_server(dense_index, "--threads", "1", log=tmp_path_factory.mktemp("logs") / "dense.log") as (base, _):
         yield base
 
 

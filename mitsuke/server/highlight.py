@@ -37,7 +37,7 @@ def _normalized_with_map(text: str) -> tuple[str, list[int], list[int]]:
 
 
 def term_spans(text: str, terms: list[str]) -> list[list[int]]:
-    """Non-overlapping ``[start, end)`` offsets into ``text`` of ``terms``, in order."""
+    """Non-overlapping ``[start, end)`` offsets into ``text`` of ``terms``, in order; adjacent ones merged."""
     if not terms or not text:
         return []
     norm, starts, ends = _normalized_with_map(text)
@@ -48,5 +48,8 @@ def term_spans(text: str, terms: list[str]) -> list[list[int]]:
             a, b = starts[m.start()], ends[m.end() - 1]
             if spans and a < spans[-1][1]:
                 continue
-            spans.append([a, b])
+            if spans and a == spans[-1][1]:  # 豊岡 + 市: one mark for adjacent terms
+                spans[-1][1] = b
+            else:
+                spans.append([a, b])
     return spans
