@@ -52,10 +52,12 @@ def _missing(extra: str, exc: ImportError) -> click.ClickException:
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @_threads
+@click.option("--batch-max", type=click.IntRange(min=1), default=64, show_default=True, hidden=True,
+              help="Most concurrent queries embedded in one forward pass (1 turns micro-batching off).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True, help="uvicorn's log level (access log at info).")
 def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_chars, max_k, max_batch,
-          max_body_bytes, device, threads, log_level):
+          max_body_bytes, device, threads, batch_max, log_level):
     """Serve --index DIR over HTTP: a JSON API, OpenAPI docs at /docs, a search page at /.
 
     The model loads once and is warmed before GET /readyz answers 200;
@@ -73,7 +75,8 @@ def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_
 
     config = ServeConfig(index=index_dir, host=host, port=port, api_key=read_api_key(api_key_file),
                          insecure=insecure, device=device, max_query_chars=max_query_chars, max_k=max_k,
-                         max_batch=max_batch, max_body_bytes=max_body_bytes, cors_origins=list(cors_origin))
+                         max_batch=max_batch, max_body_bytes=max_body_bytes, cors_origins=list(cors_origin),
+                         batch_max=batch_max)
     config.check_bind()  # before anything loads or listens
     _set_threads(threads)
     try:
