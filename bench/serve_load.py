@@ -74,16 +74,18 @@ class Server:
 
     def __init__(self, index: Path, threads: int | None, *extra: str) -> None:
         self.port = free_port()
+        self.log_path = index.parent / f"serve-{self.port}.log"
+        self.log = open(self.log_path, "wb")
         self.base = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "mitsuke.cli", "serve", "--index", str(index), "--port", str(self.port),
                 "--log-level", "warning", *(["--threads", str(threads)] if threads else []), *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         import httpx
 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"mitsuke serve exited: {self.proc.stderr.read().decode(errors='replace')}")
+                raise SystemExit(f"mitsuke serve exited: {self.log_path.read_text(errors='replace')}")
             try:
                 if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
                     return
@@ -107,6 +109,10 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
+        text = self.log_path.read_text(errors="replace").strip()
+        if text:
+            print(f"--- server log {self.log_path.name} (last 2000 chars):\n{text[-2000:]}", file=sys.stderr)
 
 
 async def load(base: str, clients: int, seconds: float, mode: str | None, k: int) -> dict:
@@ -233,21 +239,25 @@ def main() -> None:
     ap.add_argument("--write-every", type=float, default=1.0, help="seconds between the writer's commits")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (0: torch's default)")
     ap.add_argument("--model", default=None, help="model of the second index (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--skip-model", action="store_true", help="lexical index only")
+    ap.add_argument("--only", choices=["lexical", "hybrid", "dense"], action="append",
+                    help="run only these (repeatable; default: all three)")
     args = ap.parse_args()
     args.threads = args.threads or None
 
     work = Path(tempfile.mkdtemp(prefix="mitsuke-serve-bench-"))
     rows: list[dict] = []
     try:
-        lex = work / "lex"
-        build(lex, "none")
-        rows += run_index("lexical", lex, None, args, batching_off=False)
-        if not args.skip_model:
+        only = set(args.only or ["lexical", "hybrid", "dense"])
+        if "lexical" in only:
+            lex = work / "lex"
+            build(lex, "none")
+            rows += run_index("lexical", lex, None, args, batching_off=False)
+        if only & {"hybrid", "dense"}:
             dense = work / "minilm"
             build(dense, args.model or model_dir())
-            rows += run_index("minilm hybrid", dense, "hybrid", args, batching_off=True)
-            rows += run_index("minilm dense", dense, "dense", args, batching_off=True)
+            for mode in ("hybrid", "dense"):
+                if mode in only:
+                    rows += run_index(f"minilm {mode}", dense, mode, args, batching_off=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(rows, ["index", "batching", "clients", "seconds", "requests", "qps", "p50_ms", "p99_ms", "errors",

@@ -45,11 +45,14 @@ def _missing(extra: str, exc: ImportError) -> click.ClickException:
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without an API key.")
 @click.option("--cors-origin", multiple=True, metavar="ORIGIN",
               help="Let browser pages from ORIGIN call the API (repeatable; default: CORS off).")
-@click.option("--max-query-chars", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--max-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--max-query-chars", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Longest query accepted (characters).")
+@click.option("--max-k", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Most passages one request may ask for.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most queries in one POST /search/batch.")
-@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+              help="Largest request body; a larger one gets 413 without being read.")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @_threads
 @click.option("--batch-max", type=click.IntRange(min=1), default=64, show_default=True, hidden=True,
@@ -94,7 +97,10 @@ def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_
     click.echo(f"mitsuke: serving {index_dir} on http://{host}:{port}/ (docs at /docs; "
                f"{'API key required' if config.api_key else 'no API key'})", err=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                                           server_header=False, timeout_graceful_shutdown=5))
+                                           server_header=False, timeout_graceful_shutdown=5,
+                                           # Longer than a load balancer's idle timeout (60 s is common), so
+                                           # the server never closes a connection a client is about to reuse.
+                                           timeout_keep_alive=75))
     try:
         server.run()
     finally:
