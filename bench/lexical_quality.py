@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig  # noqa: E402
 from mitsuke.search import Searcher  # noqa: E402
-from bench.common import eval_corpus  # noqa: E402
+from bench.common import eval_corpus, write_results  # noqa: E402
 from mitsuke.search.evaluate import EvalQuery, load_queries, score_ranking  # noqa: E402
 from mitsuke.search.results import Passage  # noqa: E402
 
@@ -216,13 +216,13 @@ def latency(path: Path, queries: list[EvalQuery]) -> None:
     with Searcher.open(path) as s:
         n = s.info()["chunks"]
         rows = []
-        with s.store.engine.connect() as conn:
+        with s.store.snapshot() as snap:
             for name, kwargs in (("bm25_search, all query terms", {"n_docs": 0}),
                                  ("bm25_search, terms in >= half the passages left out (shipped)", {"n_docs": n})):
                 times = []
                 for q in queries:
                     t0 = time.perf_counter()
-                    bm25_search(conn, q.question, 10, **kwargs)
+                    bm25_search(snap, q.question, 10, **kwargs)
                     times.append((time.perf_counter() - t0) * 1000)
                 rows.append((name, times))
         times = []
@@ -284,8 +284,7 @@ def main() -> None:
             results["variants"].append({"terms": name, **m})
             print(f"| {name} | {m['span_hit@1']:.4f} | {m['span_hit@5']:.4f} | {m['span_hit@10']:.4f} | "
                   f"{m['mrr@10']:.4f} |", flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lexical_quality.json").write_text(json.dumps(results, ensure_ascii=False, indent=1))
+    write_results("lexical_quality", results, path=OUT / "lexical_quality.json")
 
 
 if __name__ == "__main__":

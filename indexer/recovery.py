@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Connection
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams
-from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.store import SqlStore
 from mitsuke.indexer.vectors import VectorStore
 
-__all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "TRAIN_SEED"]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+__all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "training_sample", "TRAIN_SEED"]
 
 log = logging.getLogger("mitsuke")
 
@@ -26,14 +29,15 @@ TRAIN_SEED = 1234
 _ADD_BATCH = 65536
 
 
-def _sample_rows(rows: np.ndarray, size: int) -> np.ndarray:
+def training_sample(rows: np.ndarray, size: int) -> np.ndarray:
+    """The rows IVF-PQ trains on: ``size`` of ``rows``, drawn with ``TRAIN_SEED``, sorted (all if fewer)."""
     if len(rows) <= size:
         return rows
     rng = np.random.default_rng(TRAIN_SEED)
     return np.sort(rng.choice(rows, size=size, replace=False))
 
 
-def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams,
+def rebuild_ann(store: SqlStore, conn: Connection, vectors: VectorStore, params: AnnParams,
                 trained: AnnIndex | None = None) -> AnnIndex:
     """A fresh ANN index over every live chunk.
 
@@ -51,13 +55,13 @@ def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, pa
     ids = np.array([c for c, _ in live], dtype=np.int64)
     rows = np.array([r for _, r in live], dtype=np.int64)
     if not ann.is_trained:
-        ann.train(vectors.read(_sample_rows(rows, max(params.train_size, 1))))
+        ann.train(vectors.read(training_sample(rows, max(params.train_size, 1))))
     ann.add_bulk((ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
                  for i in range(0, len(ids), _ADD_BATCH))
     return ann
 
 
-def catch_up_ann(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors: VectorStore,
+def catch_up_ann(ann: AnnIndex, store: SqlStore, conn: Connection, vectors: VectorStore,
                  since_generation: int) -> None:
     """Replay, in place, the chunks added and deleted after ``since_generation``.
 
@@ -82,7 +86,7 @@ def catch_up_ann(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors:
             ann.add(ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
 
 
-def load_ann(path: Path, store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams,
+def load_ann(path: Path, store: SqlStore, conn: Connection, vectors: VectorStore, params: AnnParams,
              ann_generation: int, generation: int) -> tuple[AnnIndex, bool]:
     """The ANN index at ``generation``; the bool says whether it differs from the file."""
     if path.exists():

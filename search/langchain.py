@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitsuke.search.context import ContextPassage, retrieve_passages
 from mitsuke.search.extras import require
 from mitsuke.search.searcher import Searcher
+
+if TYPE_CHECKING:
+    from mitsuke.indexer.embedding import Embedder
 
 _retrievers = require("langchain_core.retrievers", "langchain", "mitsuke.search.langchain")
 _documents = require("langchain_core.documents", "langchain", "mitsuke.search.langchain")
@@ -42,7 +45,7 @@ class MitsukeRetriever(BaseRetriever):
     budget). ``metadata`` of each document: ``doc_key``, ``title``,
     ``char_start``, ``char_end``, ``source``, ``metadata`` (the document's
     own), ``headings``, ``chunk_ids``, ``score``, ``rank``, ``chunk_id``,
-    ``dense_score``, ``lexical_score``, ``truncated``.
+    ``dense_score``, ``lexical_score``, ``truncated``, ``pages`` (``[first, last]`` for a PDF, else None).
 
     One retriever (one ``Searcher``) may serve many threads at once.
     """
@@ -56,7 +59,8 @@ class MitsukeRetriever(BaseRetriever):
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def from_index(cls, path: str | Path, *, device: str = "auto", embedder=None, **kwargs: Any) -> "MitsukeRetriever":
+    def from_index(cls, path: str | Path, *, device: str = "auto", embedder: Embedder | None = None,
+                   **kwargs: Any) -> MitsukeRetriever:
         """Open the index at ``path`` and wrap it: ``MitsukeRetriever.from_index("my-index", k=5)``."""
         return cls(searcher=Searcher.open(path, device=device, embedder=embedder), **kwargs)
 

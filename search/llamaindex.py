@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitsuke.search.context import ContextPassage, retrieve_passages
 from mitsuke.search.extras import require
 from mitsuke.search.searcher import Searcher
+
+if TYPE_CHECKING:
+    from mitsuke.indexer.embedding import Embedder
 
 _retrievers = require("llama_index.core.retrievers", "llamaindex", "mitsuke.search.llamaindex")
 _schema = require("llama_index.core.schema", "llamaindex", "mitsuke.search.llamaindex")
@@ -71,7 +74,8 @@ class MitsukeRetriever(BaseRetriever):
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
-    def from_index(cls, path: str | Path, *, device: str = "auto", embedder=None, **kwargs: Any) -> "MitsukeRetriever":
+    def from_index(cls, path: str | Path, *, device: str = "auto", embedder: Embedder | None = None,
+                   **kwargs: Any) -> MitsukeRetriever:
         """Open the index at ``path`` and wrap it: ``MitsukeRetriever.from_index("my-index", k=5)``."""
         return cls(Searcher.open(path, device=device, embedder=embedder), **kwargs)
 

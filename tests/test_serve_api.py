@@ -151,6 +151,36 @@ def test_documents_list_and_text_with_exact_offsets(lex_server):
     assert missing.status_code == 404 and "無い文書.txt" in missing.json()["error"]["message"]
 
 
+def test_pdf_pages_in_search_and_document_view(tmp_path, index_factory):
+    """A PDF's passages carry their pages as `mitsuke search --json` does; the document view has them per chunk."""
+    from jadocs import write_pdf
+
+    from mitsuke.indexer.pages import pages_of
+    from mitsuke.server.service import SearchService
+
+    pdf = tmp_path / "pdf"
+    pdf.mkdir()
+    write_pdf(pdf / "観光案内.pdf", ["一頁目は豊岡市の気候。冬は雪が多い。", "二頁目は城崎温泉の外湯めぐり。",
+                                  "三頁目は出石そばの皿そば。"])
+    index = index_factory(paths=[pdf], fresh=True)
+    service = SearchService(index)
+    try:
+        hits = service.searcher.search("出石そば", k=3)
+        assert hits and hits[0].pages is not None
+        assert service.passages_json(hits) == cli_json(index, "出石そば", "-k", "3")
+        doc = service.document(hits[0].doc_key)
+        starts = doc["page_starts"]
+        assert len(starts) == 3 and doc["text"][starts[2]:].startswith("三頁目")
+        for c in doc["chunks"]:
+            assert tuple(c["pages"]) == pages_of(starts, c["char_start"], c["char_end"])
+        chunk = next(c for c in doc["chunks"] if c["chunk_id"] == hits[0].chunk_id)
+        assert tuple(chunk["pages"]) == hits[0].pages and hits[0].pages[1] == 3
+        summary = service.documents(0, 10, None)["documents"]
+        assert [d["doc_key"] for d in summary] == ["観光案内.pdf"] and "page_starts" not in summary[0]
+    finally:
+        service.close()
+
+
 def test_health_info_metrics(lex_server):
     assert httpx.get(lex_server + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(lex_server + "/readyz").json()

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, Optional
 
@@ -124,12 +125,13 @@ def create_app(config: ServeConfig, service: Optional[SearchService] = None) -> 
         if isinstance(exc, QueryError):
             return _error(400, "bad_query", str(exc))
         log.error("%s %s: %s", request.method, request.url.path, exc)
-        return _error(500, type(exc).__name__, str(exc))
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR.value, type(exc).__name__, str(exc))
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal_error", f"internal error ({type(exc).__name__}); the server log has the details")
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR.value, "internal_error",
+                      f"internal error ({type(exc).__name__}); the server log has the details")
 
     # ------------------------------------------------------------------ page and health
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from http import HTTPStatus
 from typing import Any
 
 from mitsuke.server.metrics import Metrics
@@ -38,7 +39,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": HTTPStatus.INTERNAL_SERVER_ERROR.value}  # unless the app starts a response
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":

@@ -45,6 +45,9 @@ class PassageOut(BaseModel):
     lexical_score: Optional[float]
     dense_rank: Optional[int]
     lexical_rank: Optional[int]
+    pages: Optional[list[int]] = Field(description="paged documents (PDF): [first, last] page, 1-based; else null")
+    lexical_match: Optional[Literal["terms", "trigram", "both"]] = Field(
+        description="what the lexical leg found the passage by: MeCab terms, a substring (trigram) or both")
 
 
 class SearchResponse(BaseModel):
@@ -111,6 +114,7 @@ class ChunkOut(BaseModel):
     char_start: int
     char_end: int
     headings: list[str]
+    pages: Optional[list[int]] = Field(None, description="paged documents (PDF): [first, last] page of the chunk")
 
 
 class DocumentOut(BaseModel):
@@ -121,6 +125,8 @@ class DocumentOut(BaseModel):
     n_chars: int
     metadata: dict[str, Any]
     generation: int
+    page_starts: Optional[list[int]] = Field(
+        None, description="paged documents (PDF): offset in text where each page begins; null when unpaged")
     text: str = Field(description="the document rebuilt from its chunks; characters no chunk covers "
                                   "(whitespace between chunks) are given as newlines and listed in gaps")
     gaps: list[list[int]]

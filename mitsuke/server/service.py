@@ -94,8 +94,8 @@ class SearchService:
     def readiness(self) -> dict[str, Any]:
         """What ``/readyz`` reports; raises NotReady while loading."""
         self.check_ready()
-        with self.searcher.store.engine.connect() as conn:
-            generation = self.searcher.store.generation(conn)
+        with self.searcher.store.snapshot() as snap:
+            generation = snap.generation
         return {"ready": True, "generation": generation, "model": self.searcher.model_name,
                 "warm_seconds": round(self.warm_seconds or 0.0, 3)}
 
@@ -123,22 +123,21 @@ class SearchService:
 
     # ------------------------------------------------------------------ documents
     def documents(self, offset: int, limit: int, prefix: str | None) -> dict[str, Any]:
-        store = self.searcher.store
-        with store.engine.connect() as conn:
-            total = store.count_documents(conn, prefix)
-            docs = store.list_documents(conn, offset=offset, limit=limit, prefix=prefix)
+        with self.searcher.store.snapshot() as snap:  # the count and the page of one commit
+            total = snap.count_documents(prefix)
+            docs = snap.list_documents(offset=offset, limit=limit, prefix=prefix)
         return {"offset": offset, "limit": limit, "total": total, "documents": docs}
 
     def document(self, key: str) -> dict[str, Any]:
-        store = self.searcher.store
-        with store.engine.connect() as conn:
-            found = store.document_chunks(conn, key)
+        with self.searcher.store.snapshot() as snap:
+            found = snap.document_chunks(key)
         if found is None:
             raise NotFound(f"no document {key!r} in {self.index}; GET /documents lists the keys")
         info, rows = found
         text, gaps = rebuild_text(int(info["n_chars"]), rows)
         chunks = [{"chunk_id": r.id, "chunk_index": r.chunk_index, "char_start": r.char_start,
-                   "char_end": r.char_end, "headings": list(r.headings)} for r in rows]
+                   "char_end": r.char_end, "headings": list(r.headings),
+                   "pages": list(r.pages) if r.pages else None} for r in rows]
         out = {k: v for k, v in info.items() if k != "chunks"}
         return {**out, "text": text, "gaps": gaps, "chunks": chunks}
 

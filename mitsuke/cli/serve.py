@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
+from mitsuke.cli.options import CONTEXT, index_option
 from mitsuke.indexer.errors import MitsukeError
 
 __all__ = ["serve", "mcp"]
 
 log = logging.getLogger("mitsuke")
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-_index = click.option("--index", "index_dir", required=True, envvar="MITSUKE_INDEX", type=click.Path(file_okay=False),
-                      help="Index directory (env: MITSUKE_INDEX).")
-
 
 _threads = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
@@ -35,7 +30,7 @@ def _missing(extra: str, exc: ImportError) -> click.ClickException:
 
 
 @click.command(context_settings=CONTEXT)
-@_index
+@index_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs an API key (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="TCP port.")
@@ -110,7 +105,7 @@ def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_
 
 
 @click.command(context_settings=CONTEXT)
-@_index
+@index_option
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @_threads
 def mcp(index_dir, device, threads):
@@ -135,7 +130,3 @@ def mcp(index_dir, device, threads):
         build_mcp(service).run("stdio")
     finally:
         service.close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(serve())
