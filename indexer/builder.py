@@ -68,13 +68,14 @@ class IndexSummary:
     deleted: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     chunks_embedded: int = 0
+    chunks_added: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
             "deleted": self.deleted, "failed": list(self.failed),
-            "chunks_embedded": self.chunks_embedded, "seconds": round(self.seconds, 3),
+            "chunks_embedded": self.chunks_embedded, "chunks_added": self.chunks_added, "seconds": round(self.seconds, 3),
         }
 
 
@@ -160,6 +161,7 @@ class IndexBuilder:
         ann: AnnConfig | None = None,
         embed: EmbedConfig | None = None,
         embedder: Embedder | None = None,
+        load_model: bool = True,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.
@@ -167,9 +169,14 @@ class IndexBuilder:
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
         index, or ``None`` to use the index's own model (the default model for a
         new index). An existing index refuses another model.
+        ``load_model=False`` opens an existing index for deleting and compacting
+        only (no model is loaded; adding documents then raises ``MitsukeError``).
         """
         path = Path(path)
         paths = IndexPaths(path)
+        # What this call creates is removed again if opening fails: directories, LOCK, a first manifest.
+        created = [p for p in (path, *path.parents) if not p.exists()]
+        created_files = [f for f in (paths.lock, paths.manifest) if not f.exists()]
         path.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(paths.lock)
         lock.acquire()
@@ -195,7 +202,9 @@ class IndexBuilder:
                         f"index {path} was built with chunking {asdict(manifest.chunking)}; "
                         "changing it needs a new index"
                     )
-            if embedder is None and not lexical_only:
+            if not load_model and manifest is None:
+                raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE}); nothing to change")
+            if embedder is None and not lexical_only and load_model:
                 from mitsuke.indexer.embedding import Embedder
 
                 recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
@@ -220,6 +229,7 @@ class IndexBuilder:
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
+            _remove_created(created_files, created)
             raise
 
     def _open_ann(self) -> None:
@@ -283,7 +293,8 @@ class IndexBuilder:
         return self.summary
 
     def _fail(self, path: str, reason: str) -> None:
-        log.warning("skipped %s: %s", path, reason)
+        # Reported once, by whoever reads summary.failed (the CLI prints it); logged for -v.
+        log.info("skipped %s: %s", path, reason)
         self.summary.failed.append({"path": path, "reason": reason})
         if self.on_progress:
             self.on_progress("failed", 1)
@@ -340,6 +351,9 @@ class IndexBuilder:
         self._commit(pending)
 
     def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
+        if pending and self.embedder is None and self.dim:
+            raise MitsukeError(f"index {self.path} was opened without its model (load_model=False): "
+                               "it can delete and compact, not add documents")
         texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
                  for p in pending for c in p.chunks]
         vecs = None
@@ -390,6 +404,7 @@ class IndexBuilder:
                 self.summary.updated += 1
             self._known[p.doc.key] = (doc_ids[p.doc.key], p.doc.content_hash)
         self.summary.chunks_embedded += len(chunk_rows) if vecs is not None else 0
+        self.summary.chunks_added += len(chunk_rows)
         if self.on_progress:
             self.on_progress("documents", len(pending))
         if self.vectors is not None:
@@ -486,6 +501,17 @@ class IndexBuilder:
         with self.store.begin() as conn:
             counts = self.store.counts(conn)
         self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
+
+
+def _remove_created(files: list[Path], directories: list[Path]) -> None:
+    """Undo a failed open: the files it created, then the directories it made (deepest first)."""
+    for file in files:
+        file.unlink(missing_ok=True)
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # something else is in it now: not ours to remove
+            break
 
 
 def _remove_temp_files(path: Path) -> None:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -287,6 +288,7 @@ def iter_documents(
     encoding: str | None = None,
     stdin: BinaryIO | None = None,
     formats: FormatOptions | None = None,
+    ignored: Counter[str] | None = None,
 ) -> Iterator[Document | LoadFailure]:
     """Yield a ``Document`` or a ``LoadFailure`` for every input under ``paths``.
 
@@ -296,6 +298,9 @@ def iter_documents(
     (``SUFFIXES``) unless ``include`` globs say otherwise; ``exclude`` globs win.
     Globs match the relative path or the file name (``*.md``, ``notes/*``).
     ``formats`` says how PDF and CSV/TSV files are read (``FormatOptions``).
+    Files a directory walk passes over for their suffix are counted in
+    ``ignored`` (suffix -> count; files without a suffix and hidden files are
+    not counted) when it is given.
     Nothing here raises for a bad input; an unknown ``encoding`` raises
     ``LoadError`` before anything is read.
 
@@ -314,7 +319,7 @@ def iter_documents(
             yield LoadFailure(str(path), "no such file or directory")
             continue
         if path.is_dir():
-            yield from _iter_directory(path, include, exclude, encoding, formats)
+            yield from _iter_directory(path, include, exclude, encoding, formats, ignored)
         elif path.is_file():
             yield from _load_file(path, path.name, encoding, formats)
         else:
@@ -322,7 +327,8 @@ def iter_documents(
 
 
 def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-                    encoding: str | None, formats: FormatOptions | None = None) -> Iterator[Document | LoadFailure]:
+                    encoding: str | None, formats: FormatOptions | None = None,
+                    ignored: Counter[str] | None = None) -> Iterator[Document | LoadFailure]:
     for file, problem in _walk(root):
         rel = file.relative_to(root).as_posix()
         if exclude and (_matches(rel, exclude) or any(_excluded_dir(d, exclude) for d in _parents(rel))):
@@ -333,6 +339,8 @@ def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ..
                 if not _matches(rel, include):
                     continue
             elif file.suffix.lower() not in SUFFIXES:
+                if ignored is not None and problem is None and file.suffix and not file.name.startswith("."):
+                    ignored[file.suffix.lower()] += 1  # NOTICE, Makefile, .DS_Store: not worth a warning
                 continue
         if problem is not None:
             yield LoadFailure(str(file), problem)

@@ -129,7 +129,7 @@ def test_cli_search_line_and_json_show_the_page(index):
     assert "[広報.pdf " in out.output and " p.3]" in out.output
     out = runner.invoke(cli, ["search", "コウノトリの人工巣塔", "--index", str(idx), "--mode", "lexical", "-k", "1",
                               "--json"])
-    assert json.loads(out.output)[0]["pages"] == [3, 3]
+    assert json.loads(out.stdout)[0]["pages"] == [3, 3]
 
 
 def test_extracted_pages_equal_the_drawn_text_without_headers_and_footers(folder):

@@ -19,7 +19,7 @@ from mitsuke.indexer.store.hooks import DialectHooks
 from mitsuke.indexer.store.listing import ListingMixin
 from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
-    BUILTIN_FIELDS, ChunkPiece, ChunkRow, Filter, batches, chunks, deleted_chunks, documents,
+    BUILTIN_FIELDS, ChunkPiece, ChunkRow, DocumentRow, Filter, batches, chunks, deleted_chunks, documents,
     metadata, state,
 )
 
@@ -368,6 +368,15 @@ class Snapshot:
 
     def term_doc_freq(self, terms: Sequence[str]) -> dict[str, int]:
         return self.store.term_doc_freq(self.conn, terms)
+
+    def documents(self, key_glob: str | None = None) -> list[DocumentRow]:
+        return self.store.documents(self.conn, key_glob)
+
+    def document_chunk_ids(self, doc_id: int) -> list[int]:
+        return self.store.document_chunk_ids(self.conn, doc_id)
+
+    def metadata_keys(self) -> set[str]:
+        return self.store.metadata_keys(self.conn)
 
     def has_substrings(self) -> bool:
         return self.store.has_substrings(self.conn)

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
-    "metadata", "documents", "chunks", "deleted_chunks", "state", "ChunkRow", "ChunkPiece", "MAX_BIND_PARAMS",
+    "metadata", "documents", "chunks", "deleted_chunks", "state", "ChunkRow", "ChunkPiece", "DocumentRow",
+    "MAX_BIND_PARAMS",
     "batches", "Filter", "Condition", "BUILTIN_FIELDS",
 ]
 
@@ -72,6 +73,21 @@ state = Table(
 # counted): SQLite before 3.32 refuses more than 999; 500 leaves room for the
 # other parameters of the statement. The one place this number is decided.
 MAX_BIND_PARAMS = 500
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """One document as the index holds it (its text lives in its chunks): ``mitsuke docs``."""
+
+    id: int
+    key: str
+    title: str
+    source: str
+    source_type: str
+    encoding: str
+    metadata: dict[str, Any]
+    n_chars: int
+    chunks: int
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,11 @@ class SqliteStore(SqlStore):
             df.update((str(t), int(d)) for t, d in rows)
         return df
 
+    def metadata_keys(self, conn: Connection) -> set[str]:
+        rows = conn.execute(text("SELECT DISTINCT j.key FROM documents d, json_each(d.meta) j "
+                                 "WHERE json_type(d.meta) = 'object'"))
+        return {r[0] for r in rows}
+
     # ------------------------------------------------------------------ substrings (FTS5 trigram)
     # The passages' text, NFKC + lower case (japanese.match_text), in an FTS5 trigram index;
     # rowid = chunk id. Contentless (the text is in ``chunks`` already): a row is removed

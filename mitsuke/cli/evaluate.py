@@ -13,7 +13,7 @@ __all__ = ["eval_cmd"]
 @click.command("eval", context_settings=CONTEXT)
 @index_option
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSONL with question, answers, doc_id, answer_spans (shared/eval format).")
+              help="JSONL, one question a line: question, answers, doc_id, answer_spans (README \"Measure it on your data\").")
 @click.option("-k", "ks", default="1,5,10,20", show_default=True, help="Cut-offs, comma-separated.")
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order.")
@@ -33,10 +33,17 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
     the metrics that need it and counted; answer_is_title questions are scored
     apart (document hit only); malformed lines are reported by line number.
 
+    A question line (answer_spans: [start, end) character offsets into the
+    document indexed under doc_id):
+
+    \b
+      {"qid": "1", "question": "豊岡市の年間平均降雪量は？", "answers": ["312cm"],
+       "doc_id": "豊岡市.md", "answer_spans": [[323, 328]]}
+
     \b
     Example:
-      mitsuke index ../shared/eval/jsquad-dev/corpus.jsonl --index jsq --model none
-      mitsuke eval --index jsq --queries ../shared/eval/jsquad-dev/queries.jsonl -k 1,5,10 --mode lexical
+      mitsuke index data --index demo-idx --model none
+      mitsuke eval --index demo-idx --queries questions.jsonl -k 1,5,10 --mode lexical
     """
     from mitsuke.search.evaluate import evaluate, load_queries
     from mitsuke.search.searcher import Searcher

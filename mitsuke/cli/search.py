@@ -32,9 +32,12 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     """Search --index DIR for QUERY and print ranked passages.
 
     Each result shows its rank, score, title, document key and character range,
-    and a snippet with the query's terms marked. --json prints a list of
-    objects with rank, score, doc_key, title, text, char_start, char_end,
-    chunk_id, headings, metadata, pages (PDF: [first, last]) and the per-leg scores and ranks.
+    and a snippet with the query's terms marked; a last line gives the search
+    time. --json prints a list of objects with rank, score, doc_key, title,
+    text, char_start, char_end, chunk_id, headings, metadata, pages (PDF:
+    [first, last]) and the per-leg scores and ranks (a list, as always: the
+    time goes to stderr as "mitsuke: N passages in X ms"). A --where key that
+    no document has is warned about on stderr, with the keys that exist.
 
     \b
     Examples:
@@ -43,23 +46,37 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
       mitsuke search "空港" --index idx --where 'doc_key=空*' --where lang=ja
       mitsuke search "更科蕎麦" --index idx --fusion weighted --weights 0.3,1
     """
+    import time
+
+    from mitsuke.cli.where import warn_unknown_keys
     from mitsuke.search.filters import parse_where
     from mitsuke.search.searcher import Searcher
 
+    if not query.strip():
+        raise click.UsageError("the query is empty; give the words to search for, e.g. mitsuke search \"豊岡市の気候\"")
     w = None
     if weights is not None:
         try:
             w = [float(x) for x in weights.split(",")]
         except ValueError:
             raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
+    filters = parse_where(list(where)) or None
     with Searcher.open(index_dir, device=device) as s:
-        hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=parse_where(list(where)) or None,
+        if filters:
+            warn_unknown_keys(s, filters)
+        if s.has_dense and mode != "lexical":
+            s.embedder  # noqa: B018 -- load the model first: the time shown is the search's own
+        started = time.perf_counter()
+        hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=filters,
                         candidates=candidates, nprobe=nprobe, fusion=fusion, weights=w)
+        took_ms = (time.perf_counter() - started) * 1000
+    took = f"{len(hits)} passage{'s' if len(hits) != 1 else ''} in {took_ms:.1f} ms"
     if as_json:
         click.echo(json.dumps([h.to_dict(rank=i) for i, h in enumerate(hits, 1)], ensure_ascii=False, indent=1))
+        click.echo(f"mitsuke: {took}", err=True)
         return
     if not hits:
-        click.echo("no results")
+        click.echo(f"no results ({took_ms:.1f} ms)")
         return
     marks = _query_marks(query)
     for i, h in enumerate(hits, 1):
@@ -68,6 +85,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
         click.echo(click.style(f"{i:>2}. {h.score:.4f}  {h.title or h.doc_key}", bold=True)
                    + f"  [{h.doc_key} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
         click.echo("    " + _snippet(h.text, marks))
+    click.echo(took)
 
 
 def _query_marks(query: str) -> list[str]:
