@@ -167,13 +167,16 @@ class IndexBuilder:
         ann: AnnConfig | None = None,
         embed: EmbedConfig | None = None,
         embedder: Embedder | None = None,
+        without_model: bool = False,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.
 
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
         index, or ``None`` to use the index's own model (the default model for a
-        new index). An existing index refuses another model.
+        new index). An existing index refuses another model. ``without_model``
+        (``mitsuke repair`` when the model cannot be loaded) opens a dense
+        index that can settle and rebuild but not add documents.
         """
         path = Path(path)
         paths = IndexPaths(path)
@@ -203,7 +206,9 @@ class IndexBuilder:
                         f"index {path} was built with chunking {asdict(manifest.chunking)}; "
                         "changing it needs a new index"
                     )
-            if embedder is None and not lexical_only:
+            if without_model and manifest is None:
+                raise IndexFormatError(f"{path} is not a mitsuke index")
+            if embedder is None and not lexical_only and not without_model:
                 from mitsuke.indexer.embedding import Embedder
 
                 recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
@@ -352,6 +357,8 @@ class IndexBuilder:
         texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
                  for p in pending for c in p.chunks]
         vecs = None
+        if self.vectors is not None and self.embedder is None and texts:
+            raise MitsukeError(f"index {self.path} was opened without its model (repair): it cannot add documents")
         if self.embedder is not None and texts:
             _record_embedding(pending)
             vecs = self.embedder.encode_documents(texts, progress=self._token_progress)

@@ -9,6 +9,7 @@ way out; transformers' own warnings about an unused causal-LM head are kept quie
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,13 @@ def load_transformer(tf_dir: Path, name_or_path: str, recipe: Recipe, *, dtype: 
                                           trust_remote_code=trust_remote_code)
     except ModelError:
         raise
-    except (ValueError, OSError, KeyError, ImportError, RuntimeError) as exc:
+    except (ValueError, OSError, KeyError, ImportError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         text = str(exc)
+        if isinstance(exc, (pickle.UnpicklingError, EOFError)) or "weights_only" in text:
+            raise ModelError(
+                f"model {name_or_path!r}: its pytorch_model.bin is a pickle that cannot be loaded safely "
+                f"({type(exc).__name__}); mitsuke loads only plain tensors: use a model with model.safetensors, "
+                "or convert the weights") from None
         if "trust_remote_code" in text or "custom code" in text:
             raise ModelError(
                 f"model {name_or_path!r} needs its own Python code to load; if you trust it, pass "

@@ -17,7 +17,8 @@ import sys
 import click
 
 from mitsuke import __version__
-from mitsuke.cli import evaluate, index, info, search
+from mitsuke.cli import evaluate, index, info, integrity, search
+from mitsuke.cli.errors import one_line
 from mitsuke.cli.options import CONTEXT
 from mitsuke.indexer.errors import MitsukeError
 
@@ -39,6 +40,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MitsukeError as exc:
             raise click.ClickException(str(exc)) from None
+        except (OSError, RecursionError, MemoryError) as exc:
+            raise click.ClickException(one_line(exc)) from None
+        except Exception as exc:  # a SQLite error on a damaged meta.sqlite: one line, never a traceback
+            message = one_line(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -57,7 +65,8 @@ def cli(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd):
+for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd, integrity.verify,
+                 integrity.repair):
     cli.add_command(_command)
 del _command
 

@@ -8,6 +8,7 @@ import time
 import click
 
 from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.cli.terminal import printable
 
 __all__ = ["index", "chunk"]
 
@@ -95,7 +96,11 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
                    f"deleted {summary['deleted']}, failed {len(summary['failed'])}; "
                    f"{summary['chunks_embedded']} chunks embedded in {summary['seconds']:.1f} s")
         for f in summary["failed"]:
-            click.echo(f"  failed: {f['path']}: {f['reason']}", err=True)
+            click.echo(f"  failed: {printable(f['path'])}: {printable(f['reason'])}", err=True)
+    if builder.salvage.lost_chunks and not as_json:
+        s = builder.salvage
+        click.echo(f"{s.lost_chunks} chunks had lost or damaged vectors: {s.reembedded} embedded again"
+                   + (f"; the damaged file is kept as {s.kept_as}" if s.kept_as else ""), err=True)
 
 
 def _progress(enabled: bool):

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["CONTEXT", "index_option", "json_option", "mode_option"]
+__all__ = ["CONTEXT", "MAX_K", "index_option", "json_option", "mode_option"]
+
+# The most passages one search returns: bounds what -k may ask of FAISS and SQLite.
+MAX_K = 100_000
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
