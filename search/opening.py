@@ -24,7 +24,7 @@ def database_error(paths: IndexPaths, exc: BaseException) -> DamagedIndexError:
     """The one-line error for a SQLite failure on ``meta.sqlite``."""
     why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     wal = paths.meta.with_name(paths.meta.name + "-wal")
-    if not os.access(paths.root, os.W_OK) and wal.exists():
+    if not os.access(paths.root, os.W_OK) and wal.exists() and wal.stat().st_size:
         return DamagedIndexError(
             f"{paths.meta}: cannot be read ({why}); the directory is read-only and the last writer did not close "
             f"cleanly ({wal.name} exists): open the index once with write access (`mitsuke verify --index "

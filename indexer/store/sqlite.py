@@ -47,7 +47,8 @@ def _url(path: Path, readonly: bool) -> str:
         return f"sqlite:///{path}"
     uri = "file:" + quote(str(path.absolute()), safe="/") + "?mode=ro"
     wal = path.with_name(path.name + "-wal")
-    if not os.access(path.parent, os.W_OK) and not wal.exists():
+    # An empty -wal holds no commits: read-only readers leave one behind (they cannot delete it).
+    if not os.access(path.parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0):
         uri += "&immutable=1"
     return f"sqlite:///{uri}&uri=true"
 
@@ -76,9 +77,10 @@ class SqliteStore(SqlStore):
     Readers (``readonly=True``) open it ``mode=ro``: they never write, and
     an index on a read-only directory or medium answers searches. A mode=ro
     connection still shares the WAL index (-shm) with a running writer when
-    the directory is writable; when it is not and no ``-wal`` file exists
-    (the last writer closed cleanly), the file is opened ``immutable=1`` and
-    no -shm is needed at all.
+    the directory is writable; when it is not and no ``-wal`` file holds
+    commits (the last writer closed cleanly: SQLite checkpointed and removed
+    it; a read-only reader may leave an empty one), the file is opened
+    ``immutable=1`` and no -shm is needed at all.
     """
 
     dialect = "sqlite"

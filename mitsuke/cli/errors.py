@@ -33,6 +33,8 @@ def one_line(exc: BaseException) -> str | None:
         why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if "full" in why:
             return f"meta.sqlite: {why} (the disk is full)"
+        if "disk I/O" in why:
+            return f"meta.sqlite: {why}: the disk may be full, over a file size limit or failing"
         if "readonly" in why or "read-only" in why:
             return f"meta.sqlite: {why}; writing needs a writable index directory (searching does not)"
         return f"meta.sqlite: {why}; run `mitsuke verify --index DIR`"
