@@ -341,7 +341,7 @@ class Searcher:
                 char_start=row.char_start, char_end=row.char_end, headings=row.headings,
                 metadata=row.metadata, chunk_index=row.chunk_index, source=row.source,
                 dense_score=d[1] if d else extra_dense.get(cid), lexical_score=lx[1] if lx else None,
-                dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None,
+                dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None, pages=row.pages,
             ))
         return out
 

@@ -15,11 +15,13 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias, Select
 
+from mitsuke.indexer.checksums import Block
+from mitsuke.indexer.store.integrity import LOST_PREFIX, IntegrityMixin
+from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
     BUILTIN_FIELDS, ChunkPiece, ChunkRow, Filter, batches, chunks, deleted_chunks, documents,
     metadata, state, vector_blocks,
 )
-from mitsuke.indexer.checksums import Block
 
 __all__ = ["SqlStore", "Snapshot", "MIGRATIONS", "SCHEMA_VERSION", "LOST_PREFIX"]
 
@@ -33,18 +35,22 @@ def _m001_create_tables(store: "SqlStore", conn: Connection) -> None:
     store._create_lexical(conn)
 
 
-def _m002_vector_blocks(store: "SqlStore", conn: Connection) -> None:
+def _m002_page_starts(store: "SqlStore", conn: Connection) -> None:
+    # m001 creates the tables from today's definitions, page_starts included:
+    # add the column only to a database made by an older m001.
+    if not store._has_column(conn, "documents", "page_starts"):
+        conn.execute(text("ALTER TABLE documents ADD COLUMN page_starts JSON"))
+
+
+def _m003_vector_blocks(store: "SqlStore", conn: Connection) -> None:
     vector_blocks.create(conn, checkfirst=True)
 
 
-MIGRATIONS = [_m001_create_tables, _m002_vector_blocks]
-# Marks a document whose vectors were lost: its content hash no longer matches
-# any input, so the next ``mitsuke index`` of it embeds it again.
-LOST_PREFIX = "lost:"
+MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_vector_blocks]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SqlStore:
+class SqlStore(PagingMixin, IntegrityMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
     Write methods take the ``Connection`` of a ``begin()`` block; read methods
@@ -165,73 +171,6 @@ class SqlStore:
         live = conn.execute(select(func.count()).select_from(chunks).where(chunks.c.vector_row.is_not(None)))
         return self.vector_rows(conn) - int(live.scalar() or 0)
 
-    # ------------------------------------------------------------------ integrity
-    def block_checksums(self, conn: Connection) -> dict[int, Block]:
-        """``block -> Block(rows, crc)`` of ``vectors.f16`` (empty for an index written before checksums)."""
-        if not self._has_table(conn, "vector_blocks"):
-            return {}
-        return {int(b): Block(int(n), int(c)) for b, n, c in conn.execute(select(
-            vector_blocks.c.block, vector_blocks.c.rows, vector_blocks.c.crc))}
-
-    def set_block_checksums(self, conn: Connection, blocks: dict[int, Block], *, replace_all: bool = False) -> None:
-        """Store the checksums of changed blocks (``replace_all``: of a renumbered file, the old ones go)."""
-        if replace_all:
-            conn.execute(vector_blocks.delete())
-        elif blocks:
-            for part in batches(sorted(blocks)):
-                conn.execute(vector_blocks.delete().where(vector_blocks.c.block.in_(part)))
-        if blocks:
-            conn.execute(vector_blocks.insert(), [{"block": b, "rows": v.rows, "crc": v.crc}
-                                                  for b, v in sorted(blocks.items())])
-
-    def _has_table(self, conn: Connection, name: str) -> bool:
-        """Dialect: whether table ``name`` exists (a reader may open an index its writer never migrated)."""
-        return True
-
-    def quick_check(self, conn: Connection) -> list[str]:
-        """Dialect: the database engine's own consistency check; problems found (empty: none)."""
-        return []
-
-    def chunks_without_vectors(self, conn: Connection) -> list[tuple[int, str, str, tuple[str, ...]]]:
-        """(chunk id, text, document title, headings) of the chunks that have no vector row."""
-        q = (select(chunks.c.id, chunks.c.text, documents.c.title, chunks.c.headings)
-             .join(documents, documents.c.id == chunks.c.doc_id)
-             .where(chunks.c.vector_row.is_(None)).order_by(chunks.c.id))
-        return [(int(i), t, title, tuple(h or ())) for i, t, title, h in conn.execute(q)]
-
-    def mark_vectors_lost(self, conn: Connection, chunk_ids: Sequence[int]) -> int:
-        """Chunks whose vectors were lost: no vector row, and their documents no longer "unchanged".
-
-        Returns the number of documents marked.
-        """
-        doc_ids: set[int] = set()
-        for part in batches(sorted({int(i) for i in chunk_ids})):
-            doc_ids.update(int(r[0]) for r in conn.execute(select(chunks.c.doc_id).where(chunks.c.id.in_(part))))
-            conn.execute(chunks.update().where(chunks.c.id.in_(part)).values(vector_row=None))
-        for part in batches(sorted(doc_ids)):
-            conn.execute(documents.update().where(documents.c.id.in_(part))
-                         .where(documents.c.content_hash.not_like(LOST_PREFIX + "%"))
-                         .values(content_hash=LOST_PREFIX + documents.c.content_hash))
-        return len(doc_ids)
-
-    def set_vector_rows_of(self, conn: Connection, ids: Sequence[int], rows: Sequence[int]) -> None:
-        """Point chunks at rows (vectors re-embedded after a loss); same as ``renumber_vectors``."""
-        self.renumber_vectors(conn, ids, rows)
-
-    def unmark_documents(self, conn: Connection) -> int:
-        """Documents marked lost whose every chunk has a vector again get their content hash back."""
-        lost = conn.execute(select(documents.c.id, documents.c.content_hash)
-                            .where(documents.c.content_hash.like(LOST_PREFIX + "%"))).all()
-        fixed = 0
-        for doc_id, h in lost:
-            missing = conn.execute(select(func.count()).select_from(chunks).where(
-                chunks.c.doc_id == doc_id, chunks.c.vector_row.is_(None))).scalar()
-            if not missing:
-                conn.execute(documents.update().where(documents.c.id == doc_id)
-                             .values(content_hash=h[len(LOST_PREFIX):]))
-                fixed += 1
-        return fixed
-
     # ------------------------------------------------------------------ writes
     def document_hashes(self, conn: Connection) -> dict[str, tuple[int, str]]:
         """``doc key -> (document id, content hash)`` of every document."""
@@ -324,7 +263,7 @@ class SqlStore:
                     doc_key=r[9], title=r[10], source=r[11], source_type=r[12],
                     metadata=r[13] if isinstance(r[13], dict) else json.loads(r[13] or "{}"),
                 )
-        return out
+        return self.with_pages(conn, out)
 
     def chunk_vector_rows(self, conn: Connection, ids: Iterable[int]) -> dict[int, int | None]:
         """``chunk id -> row of vectors.f16`` (None: no vector) of the given ids that exist."""
@@ -477,3 +416,5 @@ class Snapshot:
     def term_doc_freq(self, terms: Sequence[str]) -> dict[str, int]:
         return self.store.term_doc_freq(self.conn, terms)
 
+    def page_starts_of_chunks(self, chunk_ids: Iterable[int]) -> dict[str, tuple[int, ...]]:
+        return self.store.page_starts_of_chunks(self.conn, chunk_ids)

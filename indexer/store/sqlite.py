@@ -103,10 +103,6 @@ class SqliteStore(SqlStore):
             conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
     # ------------------------------------------------------------------ integrity
-    def _has_table(self, conn: Connection, name: str) -> bool:
-        return conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :n"),
-                            {"n": name}).first() is not None
-
     def quick_check(self, conn: Connection) -> list[str]:
         rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check")]
         return [] if rows == ["ok"] else rows
