@@ -1,7 +1,7 @@
 """``mitsuke verify`` and ``mitsuke repair``: the full check of an index directory, and what can be fixed.
 
 ``verify_index`` reads everything (time proportional to the index): SQLite's
-``PRAGMA quick_check``, the identity of the files (index id, dimension),
+quick_check (the store's ``quick_check``), the identity of the files (index id, dimension),
 every block checksum of ``vectors.f16``, that every live vector is finite and
 unit length, ``ann.faiss`` against its recorded checksum and its ids against
 the live chunks. It never writes.
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import DatabaseError
 
 from mitsuke.indexer.checksums import BLOCK_ROWS
 from mitsuke.indexer.errors import MitsukeError, ModelError
@@ -28,7 +27,7 @@ from mitsuke.indexer.identity import check_identity
 from mitsuke.indexer.layout import ANN_FILE, MANIFEST_FILE, META_FILE, VECTORS_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import live_count, untrusted_ann
 from mitsuke.indexer.salvage import _ranges
-from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.store import MetadataStore, StoreError
 from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["Problem", "verify_index", "repair_index", "RepairReport", "UNIT_TOLERANCE"]
@@ -67,7 +66,7 @@ def verify_index(path: str | Path) -> list[Problem]:
     try:
         with store.snapshot() as snap:
             return _verify(paths, manifest, store, snap)
-    except DatabaseError as exc:
+    except StoreError as exc:
         why = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         return [Problem(META_FILE, f"unreadable ({why})")]
     finally:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy.exc import DatabaseError
-
 from mitsuke.indexer.errors import DamagedIndexError
 from mitsuke.indexer.identity import check_identity
 from mitsuke.indexer.layout import IndexPaths, Manifest
-from mitsuke.indexer.store import MetadataStore, SqlStore
+from mitsuke.indexer.store import MetadataStore, SqlStore, StoreError
 
 __all__ = ["open_reader_store", "database_error"]
 
@@ -44,7 +42,7 @@ def open_reader_store(paths: IndexPaths, manifest: Manifest) -> SqlStore:
     try:
         with store.snapshot() as snap:
             index_id, dim = snap.state("index_id"), snap.state("dim")
-    except DatabaseError as exc:
+    except StoreError as exc:
         store.close()
         raise database_error(paths, exc) from None
     try:

@@ -25,11 +25,9 @@ def one_line(exc: BaseException) -> str | None:
         return "a value is nested too deeply to process"
     if isinstance(exc, MemoryError):
         return "out of memory"
-    try:
-        from sqlalchemy.exc import DatabaseError
-    except ImportError:  # pragma: no cover
-        return None
-    if isinstance(exc, DatabaseError):
+    from mitsuke.indexer.store import StoreError
+
+    if isinstance(exc, StoreError):
         why = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if "full" in why:
             return f"meta.sqlite: {why} (the disk is full)"
