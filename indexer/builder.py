@@ -435,6 +435,7 @@ class IndexBuilder:
         self.flush()
         self._lock.ensure_valid()
         self._sums, n = reembed_missing(self.store, self.vectors, self._embed_chunks, self._sums)
+        self.vectors.expect(self._sums)
         if n:
             with self.store.begin() as conn:
                 self.generation = self.store.generation(conn)

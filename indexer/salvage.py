@@ -92,7 +92,7 @@ def settle_vectors(store: SqlStore, vectors: VectorStore, embed: Embed | None, *
 def salvage_vectors(store: SqlStore, vectors: VectorStore, embed: Embed | None, bad_blocks: Sequence[int],
                     report: Salvage) -> dict[int, Block]:
     """Move the rows that match into a new epoch's file; embed again (or mark) the chunks of ``bad_blocks``."""
-    bad = set(int(b) for b in bad_blocks)
+    bad = {int(b) for b in bad_blocks}
     with store.begin() as conn:
         live = store.live_vectors(conn, by_row=True)
         epoch = store.vectors_epoch(conn)
