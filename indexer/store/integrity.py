@@ -1,7 +1,7 @@
 """The store's part of index integrity: block checksums of ``vectors.f16`` and vectors that were lost.
 
-Mixed into ``SqlStore``; dialect-neutral SQLAlchemy Core except
-``quick_check``, the database engine's own consistency check (a dialect hook).
+Mixed into ``SqlStore``; dialect-neutral SQLAlchemy Core (the engine's own
+consistency check, ``quick_check``, is a dialect hook in ``hooks``).
 """
 from __future__ import annotations
 
@@ -44,10 +44,6 @@ class IntegrityMixin:
     def _has_table(conn: Connection, name: str) -> bool:
         """Whether table ``name`` exists (a reader may open an index its writer never migrated)."""
         return bool(inspect(conn).has_table(name))
-
-    def quick_check(self, conn: Connection) -> list[str]:
-        """Dialect: the database engine's own consistency check; problems found (empty: none)."""
-        return []
 
     def chunks_without_vectors(self, conn: Connection) -> list[tuple[int, str, str, tuple[str, ...]]]:
         """(chunk id, text, document title, headings) of the chunks that have no vector row."""
