@@ -9,7 +9,6 @@ way out; transformers' own warnings about an unused causal-LM head are kept quie
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +59,13 @@ def load_transformer(tf_dir: Path, name_or_path: str, recipe: Recipe, *, dtype: 
                                           trust_remote_code=trust_remote_code)
     except ModelError:
         raise
-    except (ValueError, OSError, KeyError, ImportError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+    except Exception as exc:
         text = str(exc)
-        if isinstance(exc, (pickle.UnpicklingError, EOFError)) or "weights_only" in text:
+        # torch.load(weights_only=True) refuses a pickled payload (UnpicklingError): say so, in one line.
+        unsafe = type(exc).__name__ in ("UnpicklingError", "EOFError") or "weights_only" in text
+        if not unsafe and not isinstance(exc, (ValueError, OSError, KeyError, ImportError, RuntimeError)):
+            raise
+        if unsafe:
             raise ModelError(
                 f"model {name_or_path!r}: its pytorch_model.bin is a pickle that cannot be loaded safely "
                 f"({type(exc).__name__}); mitsuke loads only plain tensors: use a model with model.safetensors, "
