@@ -61,7 +61,7 @@ def load_transformer(tf_dir: Path, name_or_path: str, recipe: Recipe, *, dtype: 
         raise
     except Exception as exc:
         text = str(exc)
-        # torch.load(weights_only=True) refuses a pickled payload (UnpicklingError): say so, in one line.
+        # torch loads .bin weights with weights_only=True and refuses a pickled payload (UnpicklingError).
         unsafe = type(exc).__name__ in ("UnpicklingError", "EOFError") or "weights_only" in text
         if not unsafe and not isinstance(exc, (ValueError, OSError, KeyError, ImportError, RuntimeError)):
             raise
