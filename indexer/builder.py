@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.checksums import Block, extend_blocks, file_blocks
+from mitsuke.indexer.identity import adopt_identity, check_files_beside
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
 from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
@@ -47,6 +49,7 @@ from mitsuke.indexer.documents import Document, LoadFailure, document_from_mappi
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
 from mitsuke.indexer.loaders import FormatOptions, iter_documents
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
+from mitsuke.indexer.salvage import Salvage, reembed_missing, settle_vectors
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
 
@@ -135,19 +138,23 @@ class IndexBuilder:
         self._started = time.monotonic()
         self._closed = False
         with self.store.begin() as conn:
-            self._known = self.store.document_hashes(conn)
-            self.generation = self.store.generation(conn)
-            committed_rows = self.store.vector_rows(conn)
+            self.manifest = adopt_identity(self.store, conn, manifest, self.paths)
             epoch = self.store.vectors_epoch(conn)
         self.ann: AnnIndex | None = None
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
+        self._sums: dict[int, Block] = {}
+        self.salvage = Salvage()
         _remove_temp_files(path)
         if self.vectors is not None:
             self.vectors.tidy(epoch)
-            if self.vectors.rows_on_disk != committed_rows:
-                log.info("reclaiming %d uncommitted vector rows", self.vectors.rows_on_disk - committed_rows)
-            self.vectors.truncate(committed_rows)
+            # Never truncated or extended to agree with SQLite: damaged rows are salvaged (indexer.salvage).
+            self._sums, self.salvage = settle_vectors(self.store, self.vectors, self._embed_chunks)
+            self.vectors.expect(self._sums)
+        with self.store.begin() as conn:
+            self._known = self.store.document_hashes(conn)
+            self.generation = self.store.generation(conn)
+        if self.vectors is not None:
             self._open_ann()
 
     # ------------------------------------------------------------------ opening
@@ -169,8 +176,10 @@ class IndexBuilder:
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
         index, or ``None`` to use the index's own model (the default model for a
         new index). An existing index refuses another model.
-        ``load_model=False`` opens an existing index for deleting and compacting
-        only (no model is loaded; adding documents then raises ``MitsukeError``).
+        ``load_model=False`` opens an existing index without loading its model:
+        it can delete, compact, settle and rebuild (``mitsuke docs delete``,
+        ``compact``, ``repair`` when the model cannot be loaded), not add
+        documents (that raises ``MitsukeError``).
         """
         path = Path(path)
         paths = IndexPaths(path)
@@ -184,6 +193,7 @@ class IndexBuilder:
             manifest = Manifest.read(path)
             if manifest is None and paths.meta.exists():
                 raise IndexFormatError(f"{path} has {META_FILE} but no {MANIFEST_FILE}: not a complete mitsuke index")
+            check_files_beside(paths, manifest)
             embed = embed or EmbedConfig()
             wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
             if embedder is not None and model is None:
@@ -238,7 +248,8 @@ class IndexBuilder:
             return
         with self.store.begin() as conn:
             self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
-                                         saved.generation, self.generation)
+                                         saved.generation, self.generation, saved=saved,
+                                         index_id=self.manifest.index_id)
         if changed:
             self._save_ann()
 
@@ -357,17 +368,24 @@ class IndexBuilder:
         texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
                  for p in pending for c in p.chunks]
         vecs = None
+        if self.vectors is not None and self.embedder is None and texts:
+            raise MitsukeError(f"index {self.path} was opened without its model (repair): it cannot add documents")
         if self.embedder is not None and texts:
             _record_embedding(pending)
             vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
         terms = [" ".join(passage_terms(c.text, p.doc.title, c.headings)) for p in pending for c in p.chunks]
         generation = self.generation + 1
+        self._lock.ensure_valid()
+        changed: dict[int, Block] = {}
         with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
             if vecs is not None:
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
                 self.vectors.append(vecs, first_row)
                 fault_point("vectors_appended")
+                changed = extend_blocks(self._sums, first_row, np.asarray(vecs, dtype=np.float32)
+                                        .astype(np.float16).tobytes(), self.vectors.row_bytes)
+                self.store.set_block_checksums(conn, changed)
             replaced = [p.old_doc_id for p in pending if p.old_doc_id is not None]
             removed = self.store.delete_documents(conn, list(delete_doc_ids) + replaced, generation)
             next_id = self.store.next_chunk_id(conn)
@@ -396,6 +414,7 @@ class IndexBuilder:
             self.store.set_state(conn, "generation", generation)
             fault_point("before_commit")
         fault_point("after_commit")
+        self._sums.update(changed)
         self.generation = generation
         for p in pending:
             if p.old_doc_id is None:
@@ -409,6 +428,41 @@ class IndexBuilder:
             self.on_progress("documents", len(pending))
         if self.vectors is not None:
             self._update_ann(np.array([r["id"] for r in chunk_rows], dtype=np.int64), vecs, removed)
+
+    def _embed_chunks(self, chunk_ids) -> np.ndarray | None:
+        """Vectors of stored chunks, embedded again from their stored text (lost vectors)."""
+        if self.embedder is None:
+            return None
+        with self.store.begin() as conn:
+            rows = self.store.chunk_rows(conn, chunk_ids)
+        texts = [embedding_input(rows[i].text, rows[i].title, rows[i].headings, self.chunk_config.title_context)
+                 for i in chunk_ids]
+        log.warning("embedding %d chunks again whose stored vectors were lost", len(texts))
+        return self.embedder.encode_documents(texts, progress=self._token_progress)
+
+    def reembed_missing(self) -> int:
+        """Embed the chunks left without vectors by an earlier loss (``mitsuke repair``); returns how many."""
+        if self.vectors is None or self.embedder is None:
+            return 0
+        self.flush()
+        self._lock.ensure_valid()
+        self._sums, n = reembed_missing(self.store, self.vectors, self._embed_chunks, self._sums)
+        self.vectors.expect(self._sums)
+        if n:
+            with self.store.begin() as conn:
+                self.generation = self.store.generation(conn)
+                self._known = self.store.document_hashes(conn)
+            self.rebuild_ann()
+        return n
+
+    def rebuild_ann(self) -> None:
+        """Rebuild ``ann.faiss`` from the stored vectors and save it (it is derived data)."""
+        if self.vectors is None:
+            return
+        with self.store.begin() as conn:
+            params = self.manifest.ann_params(self.store.counts(conn)["chunks"])
+            self.ann = rebuild_ann(self.store, conn, self.vectors, params)
+        self._save_ann()
 
     def _token_progress(self, n_tokens: int) -> None:
         if self.on_progress:
@@ -452,17 +506,22 @@ class IndexBuilder:
         ids = np.array([c for c, _ in live], dtype=np.int64)
         old_rows = np.array([r for _, r in live], dtype=np.int64)
         log.info("compacting %s: %d live of %d rows (epoch %d)", VECTORS_FILE, len(live), before, epoch)
-        self.vectors.write_compacted(old_rows, epoch)
+        target = self.vectors.write_compacted(old_rows, epoch)
+        sums = file_blocks(target, self.vectors.row_bytes, len(ids))
         fault_point("compact_written")
         self.vectors.retire(epoch - 1)
+        self._lock.ensure_valid()
         with self.store.begin() as conn:
+            self.store.set_block_checksums(conn, sums, replace_all=True)
             self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
             self.store.set_state(conn, "vector_rows", len(ids))
             self.store.set_state(conn, "vectors_epoch", epoch)
             self.store.prune_deleted(conn, self.generation)
             fault_point("compact_before_commit")
         fault_point("compact_committed")
+        self._sums = sums
         self.vectors.install(epoch)
+        self.vectors.expect(self._sums)
         self.vectors.tidy(epoch)
         # The ANN index holds ids, not rows, so it is still right; it is rebuilt
         # anyway (reusing its training) so a long-lived index sheds the
@@ -490,9 +549,11 @@ class IndexBuilder:
     def _save_ann(self) -> None:
         if self.ann is None:
             return
-        self.ann.save(self.paths.ann)
-        fault_point("ann_saved")  # ann.faiss is newer than the manifest says: caught up idempotently
-        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation))
+        self._lock.ensure_valid()
+        size, crc = self.ann.save(self.paths.ann)
+        fault_point("ann_saved")  # ann.faiss does not match the manifest's checksum: rebuilt from vectors
+        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation, size, crc,
+                                                            self.manifest.index_id))
         self._write_manifest()
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()

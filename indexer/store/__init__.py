@@ -45,10 +45,14 @@ from mitsuke.indexer.store.schema import (
 )
 from mitsuke.indexer.store.sqlite import SqliteStore
 
+# What the store raises when the database itself fails (damaged file, disk full, read-only):
+# callers outside the store catch this name, never SQLAlchemy's.
+from sqlalchemy.exc import DatabaseError as StoreError  # noqa: E402
+
 __all__ = [
     "SqlStore", "SqliteStore", "MetadataStore", "Snapshot", "ChunkRow", "ChunkPiece", "DocumentRow", "Filter",
     "Condition",
-    "BUILTIN_FIELDS", "MAX_BIND_PARAMS", "MIGRATIONS", "SCHEMA_VERSION",
+    "BUILTIN_FIELDS", "MAX_BIND_PARAMS", "MIGRATIONS", "SCHEMA_VERSION", "StoreError",
 ]
 
 # The store of an index directory (the name the builder and the Searcher use).

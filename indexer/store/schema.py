@@ -12,8 +12,8 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
-    "metadata", "documents", "chunks", "deleted_chunks", "state", "ChunkRow", "ChunkPiece", "DocumentRow",
-    "MAX_BIND_PARAMS",
+    "metadata", "documents", "chunks", "deleted_chunks", "state", "vector_blocks", "ChunkRow", "ChunkPiece",
+    "DocumentRow", "MAX_BIND_PARAMS",
     "batches", "Filter", "Condition", "BUILTIN_FIELDS",
 ]
 
@@ -67,6 +67,15 @@ state = Table(
     "state", metadata,
     Column("key", String, primary_key=True),
     Column("value", String, nullable=False),
+)
+
+# CRC32 of each block of ``vectors.f16`` (indexer.checksums): ``rows`` committed rows of block ``block``.
+# Written in the transaction that makes the rows live; replaced whole when the file is renumbered.
+vector_blocks = Table(
+    "vector_blocks", metadata,
+    Column("block", Integer, primary_key=True),
+    Column("rows", Integer, nullable=False),
+    Column("crc", Integer, nullable=False),
 )
 
 # Values bound in one statement (``IN (...)`` lists, executemany rows are not

@@ -19,7 +19,8 @@ import sys
 import click
 
 from mitsuke import __version__
-from mitsuke.cli import compact, docs, evaluate, index, info, search, serve
+from mitsuke.cli import compact, docs, evaluate, index, info, integrity, search, serve
+from mitsuke.cli.errors import one_line
 from mitsuke.cli.options import CONTEXT
 from mitsuke.indexer.errors import MitsukeError
 
@@ -41,6 +42,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MitsukeError as exc:
             raise click.ClickException(str(exc)) from None
+        except (OSError, RecursionError, MemoryError) as exc:
+            raise click.ClickException(one_line(exc)) from None
+        except Exception as exc:  # a SQLite error on a damaged meta.sqlite: one line, never a traceback
+            message = one_line(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -71,7 +79,7 @@ def cli(ctx: click.Context, verbose: int, color: bool | None) -> None:
 
 
 for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd, docs.docs,
-                 compact.compact, serve.serve, serve.mcp):
+                 compact.compact, serve.serve, serve.mcp, integrity.verify, integrity.repair):
     cli.add_command(_command)
 del _command
 

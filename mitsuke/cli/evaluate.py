@@ -24,8 +24,10 @@ __all__ = ["eval_cmd"]
 @click.option("--per-query", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write per-question results (JSONL: ranks of the first hits, top 10) to this file.")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embeddings.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per_query, device, as_json):
+def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per_query, device, trust_remote_code,
+             as_json):
     """Score retrieval on a QA set: span/answer/document hit@k, MRR@10, nDCG@10, latency.
 
     Questions are matched to documents by doc_id = the key they were indexed
@@ -55,7 +57,7 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
     if not cutoffs or min(cutoffs) < 1:
         raise click.UsageError(f"-k {ks!r}: cut-offs must be integers of at least 1, such as 1,5,10")
     qs = load_queries(queries)
-    with Searcher.open(index_dir, device=device) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
         report = evaluate(s, qs, cutoffs, mode=mode, rerank=not no_rerank, per_query=bool(per_query),
                           limit=limit, nprobe=nprobe, fusion=fusion)
     if per_query:

@@ -104,6 +104,10 @@ def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prun
         finally:
             if progress is not None:
                 progress.close()
+    if builder.salvage.lost_chunks and not as_json:
+        lost = builder.salvage
+        click.echo(f"{lost.lost_chunks} chunks had lost or damaged vectors: {lost.reembedded} embedded again"
+                   + (f"; the damaged file is kept as {lost.kept_as}" if lost.kept_as else ""), err=True)
     _print_summary(builder.summary.to_dict(), time.monotonic() - started, lexical=builder.embedder is None,
                    as_json=as_json)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mitsuke.cli.terminal import printable
+
 __all__ = ["unreadable_inputs", "refuse_if_nothing_readable", "report_failures", "report_ignored"]
 
 
@@ -36,7 +38,7 @@ def refuse_if_nothing_readable(paths: tuple[str, ...], bad: list[tuple[str, str]
 def report_failures(failed: list[dict[str, str]]) -> None:
     """Each input that failed, once, on stderr."""
     for f in failed:
-        click.echo(f"failed: {f['path']}: {f['reason']}", err=True)
+        click.echo(f"failed: {printable(f['path'])}: {printable(f['reason'])}", err=True)
 
 
 def report_ignored(ignored: Counter[str], include: tuple[str, ...]) -> None:

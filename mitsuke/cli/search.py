@@ -6,7 +6,8 @@ import re
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option, mode_option
+from mitsuke.cli.options import CONTEXT, MAX_K, index_option, json_option, mode_option
+from mitsuke.cli.terminal import printable
 
 __all__ = ["search"]
 
@@ -14,21 +15,24 @@ __all__ = ["search"]
 @click.command(context_settings=CONTEXT)
 @click.argument("query")
 @index_option
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of passages.")
+@click.option("-k", "k", type=click.IntRange(min=1, max=MAX_K), default=10, show_default=True,
+              help="Number of passages.")
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order (skip exact cosine over stored vectors).")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Filter on document metadata or doc_key (glob), title, source_type, source (repeatable, ANDed).")
-@click.option("--candidates", type=click.IntRange(min=1), default=None,
+@click.option("--candidates", type=click.IntRange(min=1, max=MAX_K * 10), default=None,
               help="Dense candidates rescored exactly / per leg in hybrid mode (default: 10 × k).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit (default: the manifest's).")
+@click.option("--nprobe", type=click.IntRange(min=1, max=1 << 20), default=None, help="IVF cells to visit (default: the manifest's).")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
               help="How hybrid mode combines dense and lexical results: reciprocal ranks or normalised scores.")
 @click.option("--weights", default=None, metavar="DENSE,LEXICAL",
               help="Hybrid leg weights, e.g. 0.3,1 to trust BM25 more than a weak model (default 1,1).")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device, as_json):
+def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device,
+           trust_remote_code, as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
     Each result shows its rank, score, title, document key and character range,
@@ -61,7 +65,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
         except ValueError:
             raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
     filters = parse_where(list(where)) or None
-    with Searcher.open(index_dir, device=device) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
         if filters:
             warn_unknown_keys(s, filters)
         if s.has_dense and mode != "lexical":
@@ -80,11 +84,11 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
         return
     marks = _query_marks(query)
     for i, h in enumerate(hits, 1):
-        heading = " > ".join(h.headings)
+        heading = printable(" > ".join(h.headings))
         page = "" if not h.pages else f" p.{h.pages[0]}" + (f"-{h.pages[1]}" if h.pages[1] != h.pages[0] else "")
-        click.echo(click.style(f"{i:>2}. {h.score:.4f}  {h.title or h.doc_key}", bold=True)
-                   + f"  [{h.doc_key} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
-        click.echo("    " + _snippet(h.text, marks))
+        click.echo(click.style(f"{i:>2}. {h.score:.4f}  {printable(h.title or h.doc_key)}", bold=True)
+                   + f"  [{printable(h.doc_key)} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
+        click.echo("    " + _snippet(printable(h.text), marks))
     click.echo(took)
 
 
