@@ -16,7 +16,7 @@ from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
 from mitsuke.search.opening import open_reader_store
-from mitsuke.indexer.store import ChunkRow, MetadataStore, Snapshot
+from mitsuke.indexer.store import ChunkRow, Snapshot
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.context import Context, retrieve_context
 from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
