@@ -302,11 +302,9 @@ class AnnIndex:
             self._gpu = self._to_gpu(self.index)
         index = self._gpu if self._gpu is not None else self.index
         if self.params.kind == "ivfpq":
-            probe = int(nprobe or self.params.nprobe)
-            if self._gpu is not None:
-                # GPU indexes take nprobe as an attribute, not as SearchParameters.
-                index.nprobe = probe
-                return index.search(q, k)
+            # nprobe travels with the call (GPU indexes accept SearchParametersIVF too):
+            # setting index.nprobe on an index shared by threads would race.
+            probe = min(int(nprobe or self.params.nprobe), self.params.nlist)
             return index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=probe))
         return index.search(q, k)
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_params
+from mitsuke.indexer.ann_tune import AnnTuning, needs_tuning, tune_ann
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
@@ -162,6 +163,7 @@ class IndexBuilder:
         ann: AnnConfig | None = None,
         embed: EmbedConfig | None = None,
         embedder: Embedder | None = None,
+        recall_target: float | None = None,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.
@@ -169,6 +171,9 @@ class IndexBuilder:
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
         index, or ``None`` to use the index's own model (the default model for a
         new index). An existing index refuses another model.
+
+        ``recall_target``: mean recall@10 that the measured IVF-PQ search
+        settings must reach (default 0.97; kept in the manifest's ``ann_config``).
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -232,6 +237,12 @@ class IndexBuilder:
                 write_manifest(path, manifest)
             elif ann is not None:
                 manifest["ann_config"] = ann.__dict__.copy()
+            if recall_target is not None:
+                try:
+                    cfg = AnnConfig(**{**manifest["ann_config"], "recall_target": float(recall_target)})
+                except (TypeError, ValueError) as exc:
+                    raise MitsukeError(f"--recall-target {recall_target!r}: {exc}") from None
+                manifest["ann_config"] = cfg.__dict__.copy()
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
@@ -268,6 +279,7 @@ class IndexBuilder:
                 self._maybe_switch_ann()
                 if self._ann_dirty:
                     self._save_ann()
+                self._maybe_tune()
             self._write_manifest()
         finally:
             self._closed = True
@@ -489,10 +501,27 @@ class IndexBuilder:
             return
         self.ann.save(self.path / ANN_FILE)
         fault_point("ann_saved")  # ann.faiss is newer than the manifest says: caught up idempotently
+        old = self.manifest.get("ann") or {}
         self.manifest["ann"] = {"params": self.ann.params.to_dict(), "generation": self.generation}
+        if old.get("tuning") and old.get("params") == self.manifest["ann"]["params"]:
+            self.manifest["ann"]["tuning"] = old["tuning"]  # still this index's measurement
         self._write_manifest()
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
+
+    def _maybe_tune(self) -> None:
+        """Measure recall and choose nprobe / rerank pool when the IVF-PQ index is new or grew 2× (ann_tune)."""
+        info = self.manifest.get("ann") or {}
+        tuning = AnnTuning.from_dict(info.get("tuning"))
+        if not needs_tuning(tuning, self.ann, self.ann_config.recall_target):
+            return
+        with self.store.engine.begin() as conn:
+            live = self.store.live_vectors(conn)
+        ids = np.array([c for c, _ in live], dtype=np.int64)
+        rows = np.array([r for _, r in live], dtype=np.int64)
+        tuned = tune_ann(self.ann, self.vectors, ids, rows, target=self.ann_config.recall_target)
+        if tuned is not None and info:
+            info["tuning"] = tuned.to_dict()  # close() writes the manifest next
 
     def _write_manifest(self) -> None:
         with self.store.engine.begin() as conn:

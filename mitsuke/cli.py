@@ -78,6 +78,9 @@ def cli(verbose: int) -> None:
               help="ANN index kind: auto (flat below 50k vectors, IVF-PQ above), flat or ivfpq.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF cells for --ann ivfpq (default: derived from the number of vectors, see indexer.ann).")
+@click.option("--recall-target", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Mean recall@10 (vs exact search) that the measured IVF-PQ nprobe / rerank pool must reach "
+                   "[default: 0.97, kept with the index].")
 @click.option("--batch-docs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Documents per commit: progress of an interrupted run survives in steps of this size.")
 @click.option("--compact-min-rows", type=click.IntRange(min=0), default=1024, hidden=True,
@@ -88,7 +91,7 @@ def cli(verbose: int) -> None:
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
+          nlist, recall_target, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -115,7 +118,7 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
     started = time.monotonic()
     ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
-                                batch_docs=batch_docs, compact_min_rows=compact_min_rows)
+                                recall_target=recall_target, batch_docs=batch_docs, compact_min_rows=compact_min_rows)
     if builder.embedder is not None and not as_json:
         e = builder.embedder
         attn = getattr(e.model.config, "_attn_implementation", None) or "default"
@@ -312,6 +315,15 @@ def info(index_dir, as_json):
     if ann:
         params = ", ".join(f"{k} {v}" for k, v in ann.items() if k not in ("dim", "metric") and v)
         click.echo(f"ann         {params}")
+    tuning = data.get("ann_tuning")
+    if tuning:
+        verdict = "met" if tuning["met"] else "NOT met"
+        click.echo(f"ann recall  {tuning['recall']:.3f} mean recall@{tuning['k']} vs exact (target "
+                   f"{tuning['target']}: {verdict}) at nprobe {tuning['nprobe']}, rerank pool "
+                   f"{tuning['k'] * tuning['candidate_factor']}; p50 {tuning['p50_ms']:.2f} ms; measured on "
+                   f"{tuning['queries']} queries at {tuning['vectors']:,} vectors")
+        if tuning.get("note"):
+            click.echo(f"            {tuning['note']}")
     click.echo(f"generation  {data['generation']}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<18}{size:>12,} bytes")

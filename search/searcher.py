@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnIndex, AnnParams
+from mitsuke.indexer.ann import AnnParams
 from mitsuke.indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
 from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.manifest import read_manifest
-from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
+from mitsuke.indexer.ann_delta import AnnView
+from mitsuke.indexer.ann_tune import AnnTuning
+from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import ChunkRow, MetadataStore
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.filters import Filter, compile_where, filtered_vectors
@@ -57,26 +59,13 @@ def _encodable(query: str) -> str:
         return query.encode("utf-8", "replace").decode("utf-8")
 
 
-def _ann_search(ann: AnnIndex, qvecs: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """``ann.search``, or a FAISS search restricted to ``allowed_ids`` through an IDSelector."""
-    if allowed_ids is None:
-        return ann.search(qvecs, k, nprobe)
-    import faiss
-
-    q = np.ascontiguousarray(qvecs, dtype=np.float32)
-    k = min(k, ann.ntotal)
-    if k <= 0:
-        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    # The selector must outlive the search: FAISS keeps only a raw pointer to it.
-    sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-    if ann.params.kind == "ivfpq":
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or ann.params.nprobe))
-    else:
-        params = faiss.SearchParameters(sel=sel)
-    scores, ids = ann.index.search(q, k, params=params)
-    del sel
-    return scores, ids
+def _tuning_of(manifest: dict[str, Any] | None, params: AnnParams | None) -> AnnTuning | None:
+    """The measured nprobe / pool recorded for the saved ANN index (if ``params`` given: for those parameters)."""
+    info = (manifest or {}).get("ann") or {}
+    tuning = AnnTuning.from_dict(info.get("tuning"))
+    if tuning is None or params is None:
+        return tuning
+    return tuning if params.kind == "ivfpq" and tuning.nlist == params.nlist else None
 
 
 class Searcher:
@@ -106,7 +95,8 @@ class Searcher:
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one forward pass at a time per model
-        self._ann: AnnIndex | None = None
+        self._ann: AnnView | None = None
+        self._tuning: AnnTuning | None = _tuning_of(manifest, None)
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
         analysis = manifest.get("lexical_analysis")
@@ -171,15 +161,16 @@ class Searcher:
                             f"model {m['name']!r} now gives {self._embedder.dim}-dim vectors, the index holds {self.dim}")
         return self._embedder
 
-    def _ann_for(self, conn, generation: int) -> AnnIndex:
+    def _ann_for(self, conn, generation: int) -> AnnView:
         """The ANN index, caught up in memory to the snapshot's generation."""
         with self._lock:
             if self._ann is None:
                 info = read_manifest(self.path).get("ann") or {}
                 if info:
                     params = AnnParams.from_dict(info["params"])
-                    self._ann, _ = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
-                                            int(info.get("generation", 0)), generation)
+                    ann, _ = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
+                                      int(info.get("generation", 0)), generation)
+                    self._ann = AnnView(ann)
                 else:
                     from mitsuke.indexer.ann import choose_params
 
@@ -187,18 +178,18 @@ class Searcher:
                     n = self.store.counts(conn)["chunks"]
                     params = choose_params(n, self.dim, cfg.get("kind", "auto"), cfg.get("flat_threshold", 50_000))
                     log.info("%s has no ANN index yet: building one in memory", self.path)
-                    self._ann = rebuild_ann(self.store, conn, self.vectors, params)
+                    self._ann = AnnView(rebuild_ann(self.store, conn, self.vectors, params))
                 self._ann_generation = generation
+                self._tuning = _tuning_of(read_manifest(self.path), self._ann.params)
             elif generation > self._ann_generation:
                 # Other threads may be searching self._ann outside this lock, and FAISS
                 # allows concurrent searches but not a search during add/remove (ids come
-                # back mismatched): catch up a copy and swap it in.
-                import faiss
-
-                ann = AnnIndex(faiss.clone_index(self._ann.index), self._ann.params)
-                catch_up_ann(ann, self.store, conn, self.vectors, self._ann_generation)
-                self._ann = ann
+                # back mismatched): views are immutable, a new one is swapped in.
+                # The view shares its base with the old one and adds only what changed
+                # (indexer.ann_delta): no copy of the whole index per commit.
+                self._ann = self._ann.catch_up(self.store, conn, self.vectors, self._ann_generation)
                 self._ann_generation = generation
+                self._tuning = _tuning_of(read_manifest(self.path), self._ann.params)
             return self._ann
 
     # ------------------------------------------------------------------ search
@@ -240,9 +231,13 @@ class Searcher:
                 raise QueryError(f"a query must be a string, got {type(q).__name__}: {q!r:.60}")
         mode = self._check_mode(mode)
         k = _positive_int("k", k)
-        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * CANDIDATE_FACTOR, k)
+        tuning = self._tuning  # measured at build time (indexer.ann_tune); None: the formula defaults
+        factor = tuning.candidate_factor if tuning is not None else CANDIDATE_FACTOR
+        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * factor, k)
         if nprobe is not None:
             nprobe = _positive_int("nprobe", nprobe)
+        elif tuning is not None:
+            nprobe = tuning.nprobe
         fusion = self.fusion if fusion is None else fusion
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -339,11 +334,11 @@ class Searcher:
             return out
         return self._ann_candidates(conn, ann, qvecs, n_out, pool, rerank and not flat, nprobe, None)
 
-    def _ann_candidates(self, conn, ann: AnnIndex, qvecs: np.ndarray, n_out: int, pool: int, rerank: bool,
+    def _ann_candidates(self, conn, ann: AnnView, qvecs: np.ndarray, n_out: int, pool: int, rerank: bool,
                         nprobe: int | None, allowed_ids: np.ndarray | None) -> list[list[tuple[int, float]]]:
         """ANN search (restricted to ``allowed_ids`` when given), then exact rerank of the candidates."""
         fetch = max(pool, n_out) if rerank else n_out
-        scores, ids = _ann_search(ann, qvecs, fetch, nprobe, allowed_ids)
+        scores, ids = ann.search(qvecs, fetch, nprobe, allowed_ids)
         out: list[list[tuple[int, float]]] = []
         rows = self._vector_rows(conn, {int(i) for i in ids.ravel() if i >= 0}) if rerank else {}
         for qi in range(len(qvecs)):
@@ -416,6 +411,7 @@ class Searcher:
             "dim": self.dim or None,
             "ann": ann.get("params"),
             "ann_generation": ann.get("generation"),
+            "ann_tuning": ann.get("tuning"),
             "generation": generation,
             "chunking": manifest.get("chunking"),
             "files": files,
