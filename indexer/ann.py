@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mitsuke.indexer.manifest import fault_point, fsync_dir
+from mitsuke.indexer.config import AnnConfig
+from mitsuke.indexer.durable import atomic_write, fault_point
 
 __all__ = [
     "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_nlist", "gpu_cloner_settings", "gpu_count",
@@ -34,10 +35,8 @@ GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 # Shared memory per block on the cards FAISS targets; float32 lookup tables
 # bigger than this (m × 256 × 4 bytes, i.e. m > 48) need float16 tables.
 GPU_SHARED_MEM = 48 * 1024
-# Below this many vectors exact search is used: it needs no training, and a
-# scan of 50k × 1792 floats (~0.35 GB) is still tens of milliseconds on a CPU,
-# while IVF-PQ training on so few points costs more than it would ever save.
-FLAT_THRESHOLD = 50_000
+# Below this many vectors exact search is used (decided, with the reason, in config.AnnConfig).
+FLAT_THRESHOLD = AnnConfig.flat_threshold
 # FAISS k-means warns under 39 training points per centroid: fewer give
 # centroids that are mostly noise.
 MIN_POINTS_PER_CENTROID = 39
@@ -311,14 +310,11 @@ class AnnIndex:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
         """Write the CPU index atomically: temp file, fsync, replace (invariant 4)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        _faiss().write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        fault_point("ann_written")  # a kill here leaves a temp file and the old ann.faiss
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        def write(tmp: Path) -> None:
+            _faiss().write_index(self.index, str(tmp))
+            fault_point("ann_written")  # a kill here leaves a temp file and the old ann.faiss
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path, params: AnnParams) -> "AnnIndex":

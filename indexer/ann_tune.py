@@ -32,12 +32,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnIndex
-from mitsuke.indexer.vectors import VectorStore
+if TYPE_CHECKING:  # layout imports this module, and vectors imports layout
+    from mitsuke.indexer.ann import AnnIndex
+    from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["AnnTuning", "tune_ann", "sample_queries", "exact_neighbours", "needs_tuning", "DEFAULT_RECALL_TARGET",
            "TUNE_QUERIES", "POOL_FACTORS", "PERTURB", "RETUNE_GROWTH", "EXPENSIVE_SHARE"]

@@ -30,21 +30,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_params
-from mitsuke.indexer.ann_tune import AnnTuning, needs_tuning, tune_ann
+from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.ann_tune import needs_tuning, tune_ann
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
-from mitsuke.indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
+from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
+from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
-from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
-from mitsuke.indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
+from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
+from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
+from mitsuke.indexer.loaders import iter_documents
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
@@ -55,10 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["IndexBuilder", "IndexSummary", "embedding_input"]
 
 log = logging.getLogger("mitsuke")
-
-ANN_FILE = "ann.faiss"
-META_FILE = "meta.sqlite"
-VECTORS_FILE = "vectors.f16"
 
 
 @dataclass
@@ -108,19 +106,19 @@ class IndexBuilder:
     ...     b.add_paths(["data/"])
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embedder: Embedder | None, lock: WriterLock, *,
+    def __init__(self, path: Path, manifest: Manifest, embedder: Embedder | None, lock: WriterLock, *,
                  batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0,
                  compact_ratio: float = 0.25, compact_min_rows: int = 1024) -> None:
         self.path = path
+        self.paths = IndexPaths(path)
         self.manifest = manifest
         self.embedder = embedder
         self._lock = lock
-        self.chunk_config = ChunkConfig(**manifest["chunking"])
-        self.ann_config = AnnConfig(**manifest["ann_config"])
+        self.chunk_config = manifest.chunking
         self.chunker = Chunker(self.chunk_config, embedder.count_tokens if embedder else None)
-        self.store = MetadataStore(path / META_FILE)
-        self.dim = int(manifest["model"]["dim"]) if manifest.get("model") else 0
-        self.vectors = VectorStore(path / VECTORS_FILE, self.dim) if self.dim else None
+        self.store = MetadataStore(self.paths.meta)
+        self.dim = manifest.dim
+        self.vectors = VectorStore(self.paths.vectors, self.dim) if self.dim else None
         self.batch_docs = batch_docs
         self.batch_chunks = batch_chunks
         self.ann_save_seconds = ann_save_seconds
@@ -176,86 +174,72 @@ class IndexBuilder:
         settings must reach (default 0.97; kept in the manifest's ``ann_config``).
         """
         path = Path(path)
+        paths = IndexPaths(path)
         path.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(path)
+        lock = WriterLock(paths.lock)
         lock.acquire()
         try:
-            manifest = read_manifest(path)
-            if manifest is None and (path / META_FILE).exists():
-                raise IndexFormatError(f"{path} has {META_FILE} but no manifest.json: not a complete mitsuke index")
+            manifest = Manifest.read(path)
+            if manifest is None and paths.meta.exists():
+                raise IndexFormatError(f"{path} has {META_FILE} but no {MANIFEST_FILE}: not a complete mitsuke index")
             embed = embed or EmbedConfig()
-            wanted = model if model is not None else (
-                (manifest["model"]["name"] if manifest.get("model") else "none") if manifest else DEFAULT_MODEL)
+            wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
             if embedder is not None and model is None:
                 wanted = embedder.info.name  # a ready embedder names its own model
             lexical_only = str(wanted).lower() == "none"
             if manifest is not None:
-                have = manifest["model"]["name"] if manifest.get("model") else "none"
-                if str(have) != str(wanted) or (embedder is not None and manifest.get("model")
-                                                and str(embedder.info.name) != str(have)):
-                    raise ModelMismatchError(
-                        f"index {path} was built with model {have!r}, not {wanted!r}; "
-                        "use the same model, or build a new index in another directory"
-                    )
-                analysis = manifest.get("lexical_analysis", LEXICAL_ANALYSIS_VERSION)
-                if analysis != LEXICAL_ANALYSIS_VERSION:
+                manifest.check_model(path, model=model, embedder=embedder, writing=True)
+                if manifest.lexical_analysis_differs:
                     raise IndexFormatError(
-                        f"index {path} holds lexical terms of analysis v{analysis}, this mitsuke writes "
-                        f"v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new directory"
+                        f"index {path} holds lexical terms of analysis v{manifest.lexical_analysis}, this mitsuke "
+                        f"writes v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new "
+                        "directory"
                     )
-                if chunking is not None and ChunkConfig(**manifest["chunking"]) != chunking:
+                if chunking is not None and manifest.chunking != chunking:
                     raise IndexFormatError(
-                        f"index {path} was built with chunking {manifest['chunking']}; "
+                        f"index {path} was built with chunking {asdict(manifest.chunking)}; "
                         "changing it needs a new index"
                     )
             if embedder is None and not lexical_only:
-                from mitsuke.indexer.embedding import Embedder, ModelInfo
+                from mitsuke.indexer.embedding import Embedder
 
-                recorded = manifest.get("model") if manifest else None  # reopen: the recorded directory/revision
+                recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
                 embedder = Embedder.from_pretrained(
-                    ModelInfo.source(recorded) if recorded else wanted, device=embed.device, dtype=embed.dtype,
+                    recorded.source() if recorded else wanted, device=embed.device, dtype=embed.dtype,
                     max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
-                    batch_tokens=embed.batch_tokens, revision=recorded.get("revision") if recorded else None)
+                    batch_tokens=embed.batch_tokens, revision=recorded.revision if recorded else None)
+                if manifest is not None:
+                    manifest.check_dim(embedder)
             if manifest is None:
                 try:  # a bad budget/overlap pair must fail before the manifest is written
                     Chunker(chunking or ChunkConfig(), embedder.count_tokens if embedder else None)
                 except ValueError as exc:
                     raise MitsukeError(f"chunking settings: {exc}") from None
-                manifest = {
-                    "created_at": time.time(),
-                    "model": embedder.info.to_dict() if embedder else None,
-                    "chunking": (chunking or ChunkConfig()).__dict__.copy(),
-                    "ann_config": (ann or AnnConfig()).__dict__.copy(),
-                    # FTS5 terms are only comparable with queries analysed the same way.
-                    "lexical_analysis": LEXICAL_ANALYSIS_VERSION,
-                    "ann": None,
-                    "generation": 0,
-                    "counts": {"documents": 0, "chunks": 0},
-                }
+                manifest = Manifest.new(embedder.info if embedder else None, chunking or ChunkConfig(),
+                                        ann or AnnConfig())
                 # Written before meta.sqlite exists: a kill during the first
                 # run must leave an index that opens (invariant 6).
-                write_manifest(path, manifest)
+                manifest = manifest.write(path)
             elif ann is not None:
-                manifest["ann_config"] = ann.__dict__.copy()
+                manifest = replace(manifest, ann_config=ann)
             if recall_target is not None:
                 try:
-                    cfg = AnnConfig(**{**manifest["ann_config"], "recall_target": float(recall_target)})
+                    cfg = replace(manifest.ann_config, recall_target=float(recall_target))
                 except (TypeError, ValueError) as exc:
                     raise MitsukeError(f"--recall-target {recall_target!r}: {exc}") from None
-                manifest["ann_config"] = cfg.__dict__.copy()
+                manifest = replace(manifest, ann_config=cfg)
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
             raise
 
     def _open_ann(self) -> None:
-        info = self.manifest.get("ann")
-        if not info:
+        saved = self.manifest.ann
+        if saved is None:
             return
-        params = AnnParams.from_dict(info["params"])
         with self.store.engine.begin() as conn:
-            self.ann, changed = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
-                                         int(info.get("generation", 0)), self.generation)
+            self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
+                                         saved.generation, self.generation)
         if changed:
             self._save_ann()
 
@@ -294,11 +278,15 @@ class IndexBuilder:
         return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
                                                  stdin=stdin))
 
-    def add_documents(self, docs: Iterable[Document | LoadFailure | dict]) -> IndexSummary:
-        """Add or update documents; unchanged ones (same key and content hash) are skipped."""
-        for item in docs:
-            if isinstance(item, dict):
-                item = _document_from_dict(item)
+    def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
+        """Add or update documents; unchanged ones (same key and content hash) are skipped.
+
+        A mapping becomes a ``Document`` by the JSONL rule (``document_from_mapping``);
+        one without an id is keyed ``<documents>#<position>`` (1-based, in this call).
+        """
+        for n, item in enumerate(docs, 1):
+            if isinstance(item, Mapping):
+                item = document_from_mapping(item, where=f"<documents>#{n}", fallback_key=f"<documents>#{n}")
             if isinstance(item, LoadFailure):
                 self._fail(item.path, item.reason)
                 continue
@@ -485,8 +473,7 @@ class IndexBuilder:
         """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
         with self.store.engine.begin() as conn:
             n = self.store.counts(conn)["chunks"]
-            wanted = choose_params(n, self.dim, self.ann_config.kind, self.ann_config.flat_threshold,
-                                   nlist=self.ann_config.nlist)
+            wanted = self.manifest.ann_params(n)
             current = self.ann.params if self.ann is not None else None
             # Re-train IVF-PQ only when the collection grew or shrank 4x past its sizing.
             grew = current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq" and (
@@ -499,41 +486,38 @@ class IndexBuilder:
     def _save_ann(self) -> None:
         if self.ann is None:
             return
-        self.ann.save(self.path / ANN_FILE)
+        self.ann.save(self.paths.ann)
         fault_point("ann_saved")  # ann.faiss is newer than the manifest says: caught up idempotently
-        old = self.manifest.get("ann") or {}
-        self.manifest["ann"] = {"params": self.ann.params.to_dict(), "generation": self.generation}
-        if old.get("tuning") and old.get("params") == self.manifest["ann"]["params"]:
-            self.manifest["ann"]["tuning"] = old["tuning"]  # still this index's measurement
+        old = self.manifest.ann
+        # The measurement stays with the index it was made on (same parameters).
+        tuning = old.tuning if old is not None and old.params == self.ann.params else None
+        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation, tuning))
         self._write_manifest()
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
 
     def _maybe_tune(self) -> None:
         """Measure recall and choose nprobe / rerank pool when the IVF-PQ index is new or grew 2× (ann_tune)."""
-        info = self.manifest.get("ann") or {}
-        tuning = AnnTuning.from_dict(info.get("tuning"))
-        if not needs_tuning(tuning, self.ann, self.ann_config.recall_target):
+        state = self.manifest.ann
+        if state is None or not needs_tuning(state.tuning, self.ann, self.manifest.ann_config.recall_target):
             return
         with self.store.engine.begin() as conn:
             live = self.store.live_vectors(conn)
         ids = np.array([c for c, _ in live], dtype=np.int64)
         rows = np.array([r for _, r in live], dtype=np.int64)
-        tuned = tune_ann(self.ann, self.vectors, ids, rows, target=self.ann_config.recall_target)
-        if tuned is not None and info:
-            info["tuning"] = tuned.to_dict()  # close() writes the manifest next
+        tuned = tune_ann(self.ann, self.vectors, ids, rows, target=self.manifest.ann_config.recall_target)
+        if tuned is not None:
+            self.manifest = replace(self.manifest, ann=replace(state, tuning=tuned))  # close() writes it next
 
     def _write_manifest(self) -> None:
         with self.store.engine.begin() as conn:
             counts = self.store.counts(conn)
-        self.manifest["generation"] = self.generation
-        self.manifest["counts"] = counts
-        write_manifest(self.path, self.manifest)
+        self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
 
 
 def _remove_temp_files(path: Path) -> None:
     """Temp files of an atomic replace that a killed writer never renamed."""
-    for tmp in path.glob(".*.tmp"):
+    for tmp in leftover_temp_files(path):
         log.info("removing %s left by an interrupted write", tmp.name)
         tmp.unlink(missing_ok=True)
 
@@ -550,19 +534,3 @@ def _record_embedding(pending: list[_Pending]) -> None:
         fh.writelines(f"{p.doc.key}\t{p.doc.content_hash}\n" for p in pending)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _document_from_dict(obj: dict[str, Any]) -> Document | LoadFailure:
-    obj = dict(obj)
-    text = obj.pop("text", None)
-    key = obj.pop("id", None)
-    alt = obj.pop("doc_id", None)
-    key = key if key is not None else alt
-    if not isinstance(text, str) or not text.strip():
-        return LoadFailure(str(key), "missing or empty 'text'")
-    if key is None:
-        return LoadFailure("<dict>", "a document needs an 'id' or 'doc_id'")
-    title = str(obj.pop("title", "") or "")
-    source_type = str(obj.pop("source_type", "jsonl"))
-    return Document(key=str(key), text=text, title=title, source=str(obj.pop("source", "")),
-                    source_type=source_type, metadata=obj)

@@ -45,7 +45,7 @@ import math
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -420,7 +420,7 @@ def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int
         "index": str(Path(searcher.path).resolve()), "queries": qset.source or None,
         "model": searcher.model_name, "mode": mode, "rerank": bool(rerank) if mode != "lexical" else None,
         "ks": ks, "depth": depth, "limit": limit, "warmup": warmup,
-        "chunking": searcher.manifest.get("chunking"),
+        "chunking": asdict(searcher.manifest.chunking),
         # Settings that did not shape this run (fusion outside hybrid mode) are left out.
         **{k: v for k, v in search_kwargs.items() if v is not None and not (k == "fusion" and mode != "hybrid")},
     }

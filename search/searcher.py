@@ -4,18 +4,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mitsuke.indexer.ann import AnnParams
-from mitsuke.indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
-from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError, QueryError
-from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
-from mitsuke.indexer.manifest import read_manifest
 from mitsuke.indexer.ann_delta import AnnView
 from mitsuke.indexer.ann_tune import AnnTuning
+from mitsuke.indexer.errors import IndexFormatError, QueryError
+from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
+from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import ChunkRow, MetadataStore
 from mitsuke.indexer.vectors import VectorStore
@@ -59,10 +59,9 @@ def _encodable(query: str) -> str:
         return query.encode("utf-8", "replace").decode("utf-8")
 
 
-def _tuning_of(manifest: dict[str, Any] | None, params: AnnParams | None) -> AnnTuning | None:
+def _tuning_of(manifest: Manifest | None, params: AnnParams | None) -> AnnTuning | None:
     """The measured nprobe / pool recorded for the saved ANN index (if ``params`` given: for those parameters)."""
-    info = (manifest or {}).get("ann") or {}
-    tuning = AnnTuning.from_dict(info.get("tuning"))
+    tuning = manifest.ann.tuning if manifest is not None and manifest.ann is not None else None
     if tuning is None or params is None:
         return tuning
     return tuning if params.kind == "ivfpq" and tuning.nlist == params.nlist else None
@@ -76,19 +75,19 @@ class Searcher:
     ...     print(p.score, p.doc_key, p.text[:40])
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", embedder: Embedder | None = None,
+    def __init__(self, path: Path, manifest: Manifest, *, device: str = "auto", embedder: Embedder | None = None,
                  dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> None:
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.fusion = fusion
         self.weights = tuple(check_weights(weights))
         self.path = path
+        self.paths = IndexPaths(path)
         self.manifest = manifest
-        self.store = MetadataStore(path / META_FILE, readonly=True)
-        model = manifest.get("model")
-        self.model_name: str | None = model["name"] if model else None
-        self.dim = int(model["dim"]) if model else 0
-        self.vectors = VectorStore(path / VECTORS_FILE, self.dim) if self.dim else None
+        self.store = MetadataStore(self.paths.meta, readonly=True)
+        self.model_name: str | None = manifest.model.name if manifest.model else None
+        self.dim = manifest.dim
+        self.vectors = VectorStore(self.paths.vectors, self.dim) if self.dim else None
         self._embedder = embedder
         self._device = device
         self._dtype = dtype
@@ -99,11 +98,10 @@ class Searcher:
         self._tuning: AnnTuning | None = _tuning_of(manifest, None)
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
-        analysis = manifest.get("lexical_analysis")
-        if analysis is not None and analysis != LEXICAL_ANALYSIS_VERSION:
+        if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
                         "lexical matches may be missed until the index is rebuilt",
-                        path, analysis, LEXICAL_ANALYSIS_VERSION)
+                        path, manifest.lexical_analysis, LEXICAL_ANALYSIS_VERSION)
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
@@ -115,18 +113,11 @@ class Searcher:
         every search of this Searcher; each call may override them.
         """
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest is None or not (path / META_FILE).exists():
-            raise IndexFormatError(f"{path} is not a mitsuke index (no manifest.json / {META_FILE}); "
+        manifest = Manifest.read(path)
+        if manifest is None or not IndexPaths(path).meta.exists():
+            raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE} / {META_FILE}); "
                                    "build one with `mitsuke index PATH --index DIR`")
-        have = manifest["model"]["name"] if manifest.get("model") else None
-        if model is not None and str(model) != str(have or "none"):
-            raise ModelMismatchError(f"index {path} was built with model {have or 'none'!r}; "
-                                     f"it cannot be queried with {model!r}")
-        if embedder is not None and have is not None and (
-                str(embedder.info.name) != str(have) or embedder.dim != int(manifest["model"]["dim"])):
-            raise ModelMismatchError(f"index {path} was built with model {have!r}; it cannot be queried "
-                                     f"with {embedder.info.name!r} ({embedder.dim}-dim)")
+        manifest.check_model(path, model=model, embedder=embedder, writing=False)
         return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights)
 
     def close(self) -> None:
@@ -148,39 +139,33 @@ class Searcher:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from mitsuke.indexer.embedding import Embedder, ModelInfo
+            from mitsuke.indexer.embedding import Embedder
 
             with self._load_lock:
                 if self._embedder is None:
-                    m = self.manifest["model"]
-                    self._embedder = Embedder.from_pretrained(
-                        ModelInfo.source(m), device=self._device, dtype=self._dtype, max_length=m.get("max_length"),
-                        revision=m.get("revision"))
-                    if self._embedder.dim != self.dim:
-                        raise ModelMismatchError(
-                            f"model {m['name']!r} now gives {self._embedder.dim}-dim vectors, the index holds {self.dim}")
+                    m = self.manifest.model
+                    embedder = Embedder.from_pretrained(
+                        m.source(), device=self._device, dtype=self._dtype, max_length=m.max_length,
+                        revision=m.revision)
+                    self.manifest.check_dim(embedder)
+                    self._embedder = embedder
         return self._embedder
 
     def _ann_for(self, conn, generation: int) -> AnnView:
         """The ANN index, caught up in memory to the snapshot's generation."""
         with self._lock:
             if self._ann is None:
-                info = read_manifest(self.path).get("ann") or {}
-                if info:
-                    params = AnnParams.from_dict(info["params"])
-                    ann, _ = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
-                                      int(info.get("generation", 0)), generation)
+                manifest = Manifest.read(self.path) or self.manifest  # the writer may have saved one since open
+                if manifest.ann is not None:
+                    ann, _ = load_ann(self.paths.ann, self.store, conn, self.vectors, manifest.ann.params,
+                                      manifest.ann.generation, generation)
                     self._ann = AnnView(ann)
                 else:
-                    from mitsuke.indexer.ann import choose_params
-
-                    cfg = self.manifest.get("ann_config", {})
-                    n = self.store.counts(conn)["chunks"]
-                    params = choose_params(n, self.dim, cfg.get("kind", "auto"), cfg.get("flat_threshold", 50_000))
+                    params = manifest.ann_params(self.store.counts(conn)["chunks"])
                     log.info("%s has no ANN index yet: building one in memory", self.path)
                     self._ann = AnnView(rebuild_ann(self.store, conn, self.vectors, params))
                 self._ann_generation = generation
-                self._tuning = _tuning_of(read_manifest(self.path), self._ann.params)
+                self._tuning = _tuning_of(manifest, self._ann.params)
             elif generation > self._ann_generation:
                 # Other threads may be searching self._ann outside this lock, and FAISS
                 # allows concurrent searches but not a search during add/remove (ids come
@@ -189,7 +174,7 @@ class Searcher:
                 # (indexer.ann_delta): no copy of the whole index per commit.
                 self._ann = self._ann.catch_up(self.store, conn, self.vectors, self._ann_generation)
                 self._ann_generation = generation
-                self._tuning = _tuning_of(read_manifest(self.path), self._ann.params)
+                self._tuning = _tuning_of(Manifest.read(self.path) or self.manifest, self._ann.params)
             return self._ann
 
     # ------------------------------------------------------------------ search
@@ -396,25 +381,19 @@ class Searcher:
         with self.store.engine.connect() as conn:
             counts = self.store.counts(conn)
             generation = self.store.generation(conn)
-        manifest = read_manifest(self.path) or self.manifest
-        files = {}
-        for name in ("manifest.json", META_FILE, META_FILE + "-wal", VECTORS_FILE, ANN_FILE):
-            p = self.path / name
-            if p.exists():
-                files[name] = p.stat().st_size
-        ann = manifest.get("ann") or {}
+        manifest = Manifest.read(self.path) or self.manifest
         return {
             "path": str(self.path),
             "documents": counts["documents"],
             "chunks": counts["chunks"],
-            "model": manifest.get("model"),
+            "model": manifest.model.to_dict() if manifest.model else None,
             "dim": self.dim or None,
-            "ann": ann.get("params"),
-            "ann_generation": ann.get("generation"),
-            "ann_tuning": ann.get("tuning"),
+            "ann": manifest.ann.params.to_dict() if manifest.ann else None,
+            "ann_generation": manifest.ann.generation if manifest.ann else None,
+            "ann_tuning": manifest.ann.tuning.to_dict() if manifest.ann and manifest.ann.tuning else None,
             "generation": generation,
-            "chunking": manifest.get("chunking"),
-            "files": files,
+            "chunking": asdict(manifest.chunking),
+            "files": self.paths.sizes(),
         }
 
     # ------------------------------------------------------------------ RAG
