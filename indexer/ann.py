@@ -292,6 +292,14 @@ class AnnIndex:
         return AnnIndex(index, self.params)
 
     # ------------------------------------------------------------------ searching
+    def copy(self) -> "AnnIndex":
+        """An independent copy (same parameters, codebooks and vectors) to change while this one is searched.
+
+        FAISS allows concurrent searches but not a search during add/remove
+        (ids come back mismatched): a reader catches up a copy and swaps it in.
+        """
+        return AnnIndex(_faiss().clone_index(self.index), self.params)
+
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0 or k <= 0:
