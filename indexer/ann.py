@@ -24,8 +24,8 @@ from mitsuke.indexer.config import AnnConfig
 from mitsuke.indexer.durable import atomic_write, fault_point
 
 __all__ = [
-    "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_nlist", "gpu_cloner_settings", "gpu_count",
-    "GPU_PQ_M", "GPU_SHARED_MEM", "FLAT_THRESHOLD",
+    "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_m_fastscan", "choose_nlist", "gpu_cloner_settings",
+    "gpu_count", "GPU_PQ_M", "GPU_SHARED_MEM", "FLAT_THRESHOLD", "DEFAULT_NBITS",
 ]
 
 log = logging.getLogger("mitsuke")
@@ -51,6 +51,9 @@ TRAIN_POINTS_PER_CELL = 64
 PQ_MIN_TRAIN = 256 * MIN_POINTS_PER_CENTROID
 # Below this k-means cannot even place the 256 centroids of a PQ codebook.
 PQ_MIN_POINTS = 256
+# PQ code bits of new IVF-PQ indexes: 8 (IndexIVFPQ, clones to a GPU as it is) or
+# 4 (IndexIVFPQFastScan, SIMD on the CPU; bench/ann_params.py compares them).
+DEFAULT_NBITS = 8
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,28 @@ def choose_nlist(n: int) -> int:
     return min(nlist, 65536)
 
 
+def choose_m_fastscan(dim: int) -> int:
+    """Sub-quantizers for 4-bit fast-scan PQ at the bytes per vector of :func:`choose_m`'s 8-bit codes.
+
+    Twice as many 4-bit sub-quantizers as 8-bit ones (1792: 128 of 14 dims,
+    64 bytes), when that divides ``dim``; fast-scan needs an even count.
+    """
+    m = choose_m(dim)
+    if dim % (2 * m) == 0:
+        return 2 * m
+    return m if m % 2 == 0 else 2 * m
+
+
 def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | None = None,
-                  nlist: int | None = None) -> AnnParams:
+                  nlist: int | None = None, nbits: int | None = None) -> AnnParams:
     """ANN parameters for ``n`` vectors of ``dim`` dimensions (``kind``: auto, flat, ivfpq).
 
     - kind: flat below ``flat_threshold`` (``FLAT_THRESHOLD``), IVF-PQ above;
     - nlist: :func:`choose_nlist` (``nlist`` overrides it, e.g. for small test corpora);
-    - m: :func:`choose_m`; nbits: 8, the only value classic GPU IVF-PQ accepts;
+    - m: :func:`choose_m`; nbits: ``DEFAULT_NBITS`` (8, the only value classic GPU
+      IVF-PQ accepts); ``nbits=4`` gives FAISS's SIMD fast-scan PQ with
+      :func:`choose_m_fastscan` sub-quantizers (same bytes per vector; see
+      bench/ann_params.py; a GPU converts it with ``indexer.ann_gpu``);
     - train_size: 64 points per cell, at least 256·39 for the PQ codebooks,
       at most n — good centroids without training dominating the build;
     - nprobe: nlist/8, at least 16 (all cells if fewer): a query's true
@@ -152,8 +170,11 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
         raise ValueError(f"nlist must be at least 1, got {nlist}")
     train_size = min(max(n, 1), max(cells * TRAIN_POINTS_PER_CELL, PQ_MIN_TRAIN))
     nprobe = min(cells, max(16, cells // 8))
-    return AnnParams(kind="ivfpq", dim=dim, nlist=cells, m=choose_m(dim), nbits=8, nprobe=nprobe,
-                     train_size=train_size)
+    bits = DEFAULT_NBITS if nbits is None else int(nbits)
+    if bits not in (4, 8):
+        raise ValueError(f"PQ code bits must be 4 (fast-scan) or 8, got {nbits}")
+    m = choose_m(dim) if bits == 8 else choose_m_fastscan(dim)
+    return AnnParams(kind="ivfpq", dim=dim, nlist=cells, m=m, nbits=bits, nprobe=nprobe, train_size=train_size)
 
 
 def gpu_cloner_settings(params: AnnParams) -> dict[str, bool]:
@@ -207,8 +228,8 @@ class AnnIndex:
             if params.dim % params.m:
                 raise ValueError(f"m={params.m} does not divide dim={params.dim}")
             quantizer = faiss.IndexFlatIP(params.dim)
-            index = faiss.IndexIVFPQ(quantizer, params.dim, params.nlist, params.m, params.nbits,
-                                     faiss.METRIC_INNER_PRODUCT)
+            cls_ = faiss.IndexIVFPQFastScan if params.nbits == 4 else faiss.IndexIVFPQ
+            index = cls_(quantizer, params.dim, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = params.nprobe
         return cls(index, params)
 
@@ -224,6 +245,9 @@ class AnnIndex:
     def _to_gpu(self, index):
         """``index`` cloned to GPU 0 with the cloner options its parameters need, or None."""
         if self._gpu_failed or gpu_count() == 0:
+            return None
+        if self.params.nbits == 4 and self.params.kind == "ivfpq":
+            # FAISS GPU has no fast-scan IVF-PQ: indexer.ann_gpu.for_gpu converts (readers do it at load).
             return None
         faiss = _faiss()
         try:
@@ -334,7 +358,8 @@ class AnnIndex:
         if params.kind == "flat":
             ok = isinstance(index, faiss.IndexIDMap2)
         else:
-            ok = (isinstance(index, faiss.IndexIVFPQ) and index.nlist == params.nlist and index.pq.M == params.m
+            cls_ = faiss.IndexIVFPQFastScan if params.nbits == 4 else faiss.IndexIVFPQ
+            ok = (isinstance(index, cls_) and index.nlist == params.nlist and index.pq.M == params.m
                   and index.pq.nbits == params.nbits)
         if not ok:
             # e.g. a kill between saving a re-sized index and writing the manifest

@@ -245,7 +245,7 @@ class Manifest:
     def ann_params(self, n: int) -> AnnParams:
         """The ANN parameters the recorded ``ann_config`` gives for ``n`` vectors (writer and reader alike)."""
         cfg = self.ann_config
-        return choose_params(n, self.dim, cfg.kind, cfg.flat_threshold, nlist=cfg.nlist)
+        return choose_params(n, self.dim, cfg.kind, cfg.flat_threshold, nlist=cfg.nlist, nbits=cfg.nbits)
 
     # ------------------------------------------------------------------ the model check
     def check_model(self, index: str | Path, *, model: str | None = None, embedder: _HasModel | None = None,

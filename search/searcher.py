@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnParams
+from mitsuke.indexer.ann import AnnParams, gpu_count
+from mitsuke.indexer.ann_gpu import for_gpu, needs_conversion
 from mitsuke.indexer.ann_delta import AnnView
 from mitsuke.indexer.ann_tune import AnnTuning
 from mitsuke.indexer.errors import IndexFormatError, QueryError
@@ -159,6 +160,8 @@ class Searcher:
                 if manifest.ann is not None:
                     ann, _ = load_ann(self.paths.ann, self.store, conn, self.vectors, manifest.ann.params,
                                       manifest.ann.generation, generation)
+                    if gpu_count() and needs_conversion(ann.params):  # fast-scan codes: GPU FAISS needs 8-bit
+                        ann = for_gpu(ann, self.store, conn, self.vectors)
                     self._ann = AnnView(ann)
                 else:
                     params = manifest.ann_params(self.store.counts(conn)["chunks"])

@@ -298,3 +298,45 @@ def test_readers_catch_up_without_copying_and_equal_a_fresh_open(tmp_path):
             t.join()
     assert not errors, errors
     reader.close()
+
+
+# --------------------------------------------------------------------------- 4-bit fast-scan and the GPU layout
+
+def test_fastscan_saves_loads_and_converts_to_a_gpu_layout(tmp_path, vectors):
+    """Fast-scan (4-bit) indexes open anywhere; for a GPU they become 8-bit IVF-PQ on the same IVF centroids."""
+    import faiss
+
+    from mitsuke.indexer.ann_gpu import for_gpu, gpu_params, needs_conversion
+    from mitsuke.indexer.store import MetadataStore
+
+    params = choose_params(N, DIM, "ivfpq", nlist=NLIST, nbits=4)
+    assert params.nbits == 4 and params.m == 32 and needs_conversion(params)
+    fs = AnnIndex.create(params)
+    rows = np.arange(N)
+    fs.train(vectors.read(rows))
+    fs.add(rows + 1, vectors.read(rows))
+    fs.save(tmp_path / "ann.faiss")
+    loaded = AnnIndex.load(tmp_path / "ann.faiss", params)
+    assert isinstance(loaded.index, faiss.IndexIVFPQFastScan)
+    assert np.array_equal(loaded.search(HELD_OUT[:10], 10, 8)[1], fs.search(HELD_OUT[:10], 10, 8)[1])
+    t = tune_ann(loaded, vectors, rows + 1, rows, target=0.97)
+    assert t.met and held_out_recall(loaded, vectors, t.nprobe, t.candidates) >= 0.95
+
+    # The conversion reads live chunks from a store: index the same vectors through the builder's store.
+    path = tmp_path / "idx"
+    with IndexBuilder.open(path, embedder=LookupEmbedder(), ann=AnnConfig(kind="ivfpq", nlist=NLIST, nbits=4),
+                           batch_docs=2000) as b:
+        b.add_documents({"id": f"doc{i:05d}", "text": passage(i)} for i in range(N))
+    m = Manifest.read(path)
+    assert m.ann.params.nbits == 4 and m.ann.tuning is not None and m.ann.tuning.met
+    ann = AnnIndex.load(path / "ann.faiss", m.ann.params)
+    store = MetadataStore(path / "meta.sqlite", readonly=True)
+    with store.engine.connect() as conn:
+        gpu_ready = for_gpu(ann, store, conn, VectorStore(path / "vectors.f16", DIM))
+    store.close()
+    assert gpu_ready.params == gpu_params(m.ann.params) and gpu_ready.params.nbits == 8
+    assert isinstance(gpu_ready.index, faiss.IndexIVFPQ) and gpu_ready.ntotal == N
+    cent = lambda a: faiss.rev_swig_ptr(faiss.downcast_index(a.index.quantizer).get_xb(), NLIST * DIM)  # noqa: E731
+    assert np.array_equal(cent(gpu_ready), cent(ann)), "the IVF centroids are kept: nprobe means the same"
+    tuning = m.ann.tuning
+    assert held_out_recall(gpu_ready, vectors, tuning.nprobe, tuning.candidates) >= 0.93

@@ -29,6 +29,8 @@ __all__ = ["index", "chunk"]
               help="ANN index kind: auto (flat below 50k vectors, IVF-PQ above), flat or ivfpq.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF cells for --ann ivfpq (default: derived from the number of vectors, see indexer.ann).")
+@click.option("--pq-bits", type=click.Choice(["4", "8"]), default=None,
+              help="IVF-PQ code bits: 8 (IndexIVFPQ, GPU-ready) or 4 (SIMD fast-scan on CPUs; a GPU reader converts).")
 @click.option("--recall-target", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="Mean recall@10 (vs exact search) that the measured IVF-PQ nprobe / rerank pool must reach "
                    "[default: 0.97, kept with the index].")
@@ -42,7 +44,7 @@ __all__ = ["index", "chunk"]
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, recall_target, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
+          nlist, pq_bits, recall_target, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -67,7 +69,8 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
             raise click.UsageError(str(exc)) from None
     embed = EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     started = time.monotonic()
-    ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
+    ann_config = (AnnConfig(kind=ann or "auto", nlist=nlist, nbits=int(pq_bits) if pq_bits else None)
+                  if ann or nlist or pq_bits else None)
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
                                 recall_target=recall_target, batch_docs=batch_docs, compact_min_rows=compact_min_rows)
     if builder.embedder is not None and not as_json:
