@@ -287,7 +287,7 @@ class Manifest:
             "format_version": FORMAT_VERSION,
             "model": self.model.to_dict() if self.model else None,
             "chunking": asdict(self.chunking),
-            "ann_config": asdict(self.ann_config),
+            "ann_config": _ann_config_json(self.ann_config),
             "ann": self.ann.to_dict() if self.ann else None,
             "generation": self.generation,
             "counts": asdict(self.counts),
@@ -346,6 +346,16 @@ class Manifest:
         text = json.dumps(stamped.to_json(), ensure_ascii=False, indent=2, sort_keys=True)
         atomic_write_bytes(IndexPaths(index).manifest, text.encode("utf-8"))
         return stamped
+
+
+# ann_config keys of format 1 as first written; later ones are written only when set, so an index
+# keeps opening in a mitsuke that does not know them (AnnConfig(**d) would refuse an unknown key).
+_ANN_CONFIG_V1 = ("kind", "flat_threshold", "nlist")
+
+
+def _ann_config_json(cfg: AnnConfig) -> dict[str, Any]:
+    default = AnnConfig()
+    return {k: v for k, v in asdict(cfg).items() if k in _ANN_CONFIG_V1 or v != getattr(default, k)}
 
 
 def _mismatch(index: str | Path, have: str, wanted: str, writing: bool) -> str:
