@@ -324,11 +324,18 @@ class AnnIndex:
         """
         return AnnIndex(_faiss().clone_index(self.index), self.params)
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``k`` best vectors per query; ids are -1 where fewer exist.
+
+        ``allowed_ids``: search only these ids (a FAISS IDSelector, on the CPU index).
+        """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0 or k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         k = min(k, self.ntotal)
+        if allowed_ids is not None:
+            return self._search_selected(q, k, nprobe, allowed_ids)
         if self._gpu is None and gpu_count():
             self._gpu = self._to_gpu(self.index)
         index = self._gpu if self._gpu is not None else self.index
@@ -338,6 +345,19 @@ class AnnIndex:
             probe = min(int(nprobe or self.params.nprobe), self.params.nlist)
             return index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=probe))
         return index.search(q, k)
+
+    def _search_selected(self, q: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+        # The selector must outlive the search: FAISS keeps only a raw pointer to it.
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        if self.params.kind == "ivfpq":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self.params.nprobe))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        scores, ids = self.index.search(q, k, params=params)
+        del sel
+        return scores, ids
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:

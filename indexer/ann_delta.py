@@ -30,7 +30,7 @@ import numpy as np
 from sqlalchemy import Connection
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams, _as_stored
-from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.store import SqlStore
 from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["AnnView", "Segment", "MERGE_SHARE", "MERGE_MIN", "MERGE_BYTES", "MAX_SEGMENTS"]
@@ -198,7 +198,7 @@ class AnnView:
         log.debug("ANN view merged: %d vectors", base.ntotal)
         return AnnView(base)
 
-    def catch_up(self, store: MetadataStore, conn: Connection, vectors: VectorStore,
+    def catch_up(self, store: SqlStore, conn: Connection, vectors: VectorStore,
                  since_generation: int) -> "AnnView":
         """The view at the snapshot ``conn`` reads, from this view at ``since_generation``.
 

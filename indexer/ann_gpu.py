@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_m
 from mitsuke.indexer.recovery import training_sample
-from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.store import SqlStore
 from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["gpu_params", "for_gpu", "needs_conversion"]
@@ -43,7 +43,7 @@ def gpu_params(params: AnnParams) -> AnnParams:
     return replace(params, m=choose_m(params.dim), nbits=8)
 
 
-def for_gpu(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors: VectorStore) -> AnnIndex:
+def for_gpu(ann: AnnIndex, store: SqlStore, conn: Connection, vectors: VectorStore) -> AnnIndex:
     """An 8-bit IVF-PQ copy of ``ann`` over the live chunks of ``conn``'s snapshot, keeping its IVF centroids."""
     import faiss
 

@@ -46,7 +46,7 @@ from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
 from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
-from mitsuke.indexer.loaders import iter_documents
+from mitsuke.indexer.loaders import FormatOptions, iter_documents
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
@@ -134,7 +134,7 @@ class IndexBuilder:
         self._seen: set[str] = set()
         self._started = time.monotonic()
         self._closed = False
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self._known = self.store.document_hashes(conn)
             self.generation = self.store.generation(conn)
             committed_rows = self.store.vector_rows(conn)
@@ -237,7 +237,7 @@ class IndexBuilder:
         saved = self.manifest.ann
         if saved is None:
             return
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
                                          saved.generation, self.generation)
         if changed:
@@ -273,10 +273,10 @@ class IndexBuilder:
 
     # ------------------------------------------------------------------ adding
     def add_paths(self, paths: Iterable[str], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                  encoding: str | None = None, stdin=None) -> IndexSummary:
-        """Index files, directories (recursive) and ``-`` (JSONL on stdin)."""
+                  encoding: str | None = None, stdin=None, formats: FormatOptions | None = None) -> IndexSummary:
+        """Index files, directories (recursive) and ``-`` (JSONL on stdin); ``formats``: PDF/CSV options."""
         return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
-                                                 stdin=stdin))
+                                                 stdin=stdin, formats=formats))
 
     def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
         """Add or update documents; unchanged ones (same key and content hash) are skipped.
@@ -313,7 +313,7 @@ class IndexBuilder:
                 self.on_progress("unchanged", 1)
             return
         try:
-            chunks = self.chunker.chunk(doc.text, markdown=doc.source_type == "markdown")
+            chunks = self.chunker.chunk(doc.text, markdown=doc.has_headings, breaks=doc.page_starts)
         except Exception as exc:  # a chunker bug on one document must not end the run
             log.exception("chunking failed for %s", doc.key)
             self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")
@@ -360,7 +360,7 @@ class IndexBuilder:
             vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
         terms = [" ".join(passage_terms(c.text, p.doc.title, c.headings)) for p in pending for c in p.chunks]
         generation = self.generation + 1
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
             if vecs is not None:
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
@@ -377,6 +377,7 @@ class IndexBuilder:
                     "key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
                     "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
                     "n_chars": len(doc.text), "generation": generation,
+                    "page_starts": list(doc.page_starts) or None,
                 })
                 doc_ids[doc.key] = doc_id
                 for c in p.chunks:
@@ -428,7 +429,7 @@ class IndexBuilder:
         if self.vectors is None:
             return False
         self.flush()
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             dead = self.store.dead_vector_rows(conn)
             total = self.store.vector_rows(conn)
         if dead == 0 or not force and (dead < self.compact_min_rows or dead <= self.compact_ratio * total):
@@ -441,7 +442,7 @@ class IndexBuilder:
 
         See the module docstring for the order of steps and what a kill at each one leaves.
         """
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             live = self.store.live_vectors(conn, by_row=True)
             epoch = self.store.vectors_epoch(conn) + 1
             before = self.store.vector_rows(conn)
@@ -451,7 +452,7 @@ class IndexBuilder:
         self.vectors.write_compacted(old_rows, epoch)
         fault_point("compact_written")
         self.vectors.retire(epoch - 1)
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
             self.store.set_state(conn, "vector_rows", len(ids))
             self.store.set_state(conn, "vectors_epoch", epoch)
@@ -464,14 +465,14 @@ class IndexBuilder:
         # anyway (reusing its training) so a long-lived index sheds the
         # imbalance that many removals leave in the inverted lists.
         if self.ann is not None:
-            with self.store.engine.begin() as conn:
+            with self.store.begin() as conn:
                 self.ann = rebuild_ann(self.store, conn, self.vectors, self.ann.params, trained=self.ann)
             self._save_ann()
 
     # ------------------------------------------------------------------ ANN choice
     def _maybe_switch_ann(self) -> None:
         """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             n = self.store.counts(conn)["chunks"]
             wanted = self.manifest.ann_params(n)
             current = self.ann.params if self.ann is not None else None
@@ -501,7 +502,7 @@ class IndexBuilder:
         state = self.manifest.ann
         if state is None or not needs_tuning(state.tuning, self.ann, self.manifest.ann_config.recall_target):
             return
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             live = self.store.live_vectors(conn)
         ids = np.array([c for c, _ in live], dtype=np.int64)
         rows = np.array([r for _, r in live], dtype=np.int64)
@@ -510,7 +511,7 @@ class IndexBuilder:
             self.manifest = replace(self.manifest, ann=replace(state, tuning=tuned))  # close() writes it next
 
     def _write_manifest(self) -> None:
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             counts = self.store.counts(conn)
         self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
 

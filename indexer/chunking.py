@@ -16,6 +16,8 @@ How a document becomes chunks:
    preferring sentence ends inside quotes, then 、 and clause ends; a bracketed
    span that fits the budget is never split. Only a single morpheme longer
    than the budget makes an over-budget chunk.
+   With ``breaks`` (a paged document's page starts) sections are also cut at
+   each break, so no chunk spans two pages and every passage cites its page.
 4. Sentences (and pieces) are packed greedily up to the budget; with
    ``overlap`` the next chunk starts with trailing whole sentences of the
    previous one.
@@ -139,6 +141,18 @@ def markdown_sections(text: str) -> list[tuple[int, int, tuple[str, ...]]]:
     return merged
 
 
+def _cut_sections(text: str, sections: list[tuple[int, int, tuple[str, ...]]],
+                  breaks: Sequence[int]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """``sections`` cut at every offset in ``breaks``; pieces with no text are dropped."""
+    out = []
+    for start, end, heads in sections:
+        for b in sorted(b for b in set(breaks) if start < b < end):
+            out.append((start, b, heads))
+            start = b
+        out.append((start, end, heads))
+    return [s for s in out if text[s[0]:s[1]].strip()]
+
+
 # --------------------------------------------------------------------------- chunker
 
 def _cut_pref(surface: str, word: Any) -> int:
@@ -190,9 +204,14 @@ class Chunker:
                              f"({self.budget} {unit})")
 
     # ------------------------------------------------------------------ public
-    def chunk(self, text: str, markdown: bool = False) -> list[Chunk]:
-        """Chunks of ``text`` in document order, each with exact offsets and its heading path."""
+    def chunk(self, text: str, markdown: bool = False, breaks: Sequence[int] = ()) -> list[Chunk]:
+        """Chunks of ``text`` in document order, each with exact offsets and its heading path.
+
+        ``breaks``: offsets no chunk may span (a PDF's page starts).
+        """
         sections = markdown_sections(text) if markdown else [(0, len(text), ())]
+        if breaks:
+            sections = _cut_sections(text, sections, breaks)
         spans_by_section = [sentence_spans(text, s, e) for s, e, _ in sections]
         if self.exact_chars:
             counts = [e - s for spans in spans_by_section for s, e in spans]

@@ -1,7 +1,7 @@
 """Context assembly for RAG: search hits grown into passages that fit an LLM's budget, with citations.
 
 Each hit may be widened with up to ``neighbors`` adjacent chunks of its own
-document on either side (read from SQLite by ``chunk_index``). Overlapping
+document on either side (read from the store by ``chunk_index``). Overlapping
 chunks are merged, text already given by a better-ranked passage is left
 out, and the total is cut to ``max_chars``. Offsets stay exact: every
 ``Span`` satisfies ``span.text == document[span.char_start:span.char_end]``.
@@ -15,16 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-from sqlalchemy import Connection, and_, select
+from typing import Any, Protocol
 
 from mitsuke.indexer.errors import QueryError
-from mitsuke.indexer.store import chunks
+from mitsuke.indexer.pages import pages_of
+from mitsuke.indexer.store import ChunkPiece, SqlStore
 from mitsuke.search.results import Passage
-
-if TYPE_CHECKING:
-    from mitsuke.search.searcher import Searcher
 
 __all__ = [
     "Span",
@@ -32,9 +28,9 @@ __all__ = [
     "ContextPassage",
     "Context",
     "ChunkPiece",
+    "Retriever",
     "SPAN_SEPARATOR",
     "MIN_CUT_CHARS",
-    "neighbour_chunks",
     "assemble",
     "retrieve_context",
     "retrieve_passages",
@@ -73,14 +69,27 @@ class Citation:
     metadata: dict[str, Any] = field(default_factory=dict)
     headings: tuple[str, ...] = ()
     chunk_ids: tuple[int, ...] = ()
+    pages: tuple[int, int] | None = None  # 1-based first and last page, for paged documents (PDF)
 
     def to_dict(self) -> dict[str, Any]:
         return {"doc_key": self.doc_key, "title": self.title, "char_start": self.char_start,
                 "char_end": self.char_end, "source": self.source, "metadata": dict(self.metadata),
-                "headings": list(self.headings), "chunk_ids": list(self.chunk_ids)}
+                "headings": list(self.headings), "chunk_ids": list(self.chunk_ids),
+                "pages": list(self.pages) if self.pages else None}
+
+    @property
+    def page_label(self) -> str:
+        """``p.3`` or ``pp.3–4``; empty for an unpaged document."""
+        if not self.pages:
+            return ""
+        first, last = self.pages
+        return f"p.{first}" if first == last else f"pp.{first}–{last}"
 
     def __str__(self) -> str:
-        return f"{self.title or self.doc_key} ({self.doc_key} {self.char_start}–{self.char_end})"
+        where = f"{self.doc_key} {self.char_start}–{self.char_end}"
+        if self.pages:
+            where += f", {self.page_label}"
+        return f"{self.title or self.doc_key} ({where})"
 
 
 @dataclass(frozen=True)
@@ -170,44 +179,17 @@ class Context(Sequence):
         for n, p in enumerate(self.passages, 1):
             c = p.citation
             head = header.format(n=n, citation=c, doc_key=c.doc_key, title=c.title, char_start=c.char_start,
-                                 char_end=c.char_end, source=c.source, score=p.score)
+                                 char_end=c.char_end, source=c.source, score=p.score, pages=c.page_label)
             parts.append(f"{head}\n{p.text}")
         return "\n\n".join(parts)
 
 
-class ChunkPiece(NamedTuple):
-    """A stored chunk of a document, as read for neighbour expansion."""
+class Retriever(Protocol):
+    """What context assembly reads from: a search and the store behind it (a ``Searcher``)."""
 
-    chunk_id: int
-    chunk_index: int
-    char_start: int
-    char_end: int
-    text: str
+    store: SqlStore
 
-
-# ---------------------------------------------------------------------- SQL
-def neighbour_chunks(conn: Connection, chunk_ids: Sequence[int], neighbors: int) -> dict[int, list[ChunkPiece]]:
-    """For each chunk id: the chunks of its document within ``neighbors`` positions of it, in order.
-
-    Anchored on the chunk id (never reused), so a document replaced since the
-    search gives no neighbours rather than text of another version.
-    """
-    ids = sorted({int(i) for i in chunk_ids})
-    out: dict[int, list[ChunkPiece]] = {i: [] for i in ids}
-    if not ids:
-        return out
-    hit = chunks.alias("hit")
-    near = chunks.alias("near")
-    cols = [hit.c.id, near.c.id, near.c.chunk_index, near.c.char_start, near.c.char_end, near.c.text]
-    for i in range(0, len(ids), 500):
-        q = (select(*cols)
-             .join(near, and_(near.c.doc_id == hit.c.doc_id,
-                              near.c.chunk_index.between(hit.c.chunk_index - neighbors, hit.c.chunk_index + neighbors)))
-             .where(hit.c.id.in_(ids[i:i + 500]))
-             .order_by(hit.c.id, near.c.chunk_index))
-        for hid, cid, idx, start, end, text in conn.execute(q):
-            out[int(hid)].append(ChunkPiece(int(cid), int(idx), int(start), int(end), text))
-    return out
+    def search(self, query: str, k: int = 10, **kwargs: Any) -> list[Passage]: ...
 
 
 # ---------------------------------------------------------------------- intervals
@@ -278,20 +260,25 @@ def _cut(text: str, limit: int) -> int:
 
 
 # ---------------------------------------------------------------------- assembly
-def _citation(hit: Passage, start: int, end: int, chunk_ids: tuple[int, ...]) -> Citation:
+def _citation(hit: Passage, start: int, end: int, chunk_ids: tuple[int, ...],
+              page_starts: Mapping[str, Sequence[int]] | None = None) -> Citation:
+    starts = (page_starts or {}).get(hit.doc_key)
+    pages = pages_of(starts, start, end) if starts else hit.pages
     return Citation(doc_key=hit.doc_key, title=hit.title, char_start=start, char_end=end, source=hit.source,
-                    metadata=dict(hit.metadata), headings=tuple(hit.headings), chunk_ids=chunk_ids)
+                    metadata=dict(hit.metadata), headings=tuple(hit.headings), chunk_ids=chunk_ids, pages=pages)
 
 
 def assemble(hits: Sequence[Passage], around: Mapping[int, Sequence[ChunkPiece]] | None = None, *,
-             max_chars: int | None = None, query: str = "") -> Context:
+             max_chars: int | None = None, query: str = "",
+             page_starts: Mapping[str, Sequence[int]] | None = None) -> Context:
     """Build a ``Context`` from ranked ``hits``.
 
     ``around[hit.chunk_id]``: the chunks the hit may grow into (its
-    neighbours; see ``neighbour_chunks``). Neighbours are added nearest
+    neighbours; see ``SqlStore.neighbours``). Neighbours are added nearest
     first while they fit the budget; a hit whose own text is already in the
     context is skipped; a hit too long for what is left is cut at a sentence
-    end if at least ``MIN_CUT_CHARS`` of it fit, else skipped.
+    end if at least ``MIN_CUT_CHARS`` of it fit, else skipped. ``page_starts[doc_key]``
+    (paged documents) gives each citation the pages of its whole span.
     """
     if max_chars is not None and max_chars < 1:
         raise QueryError(f"max_chars must be at least 1 (or None for no limit), got {max_chars}")
@@ -322,7 +309,7 @@ def assemble(hits: Sequence[Passage], around: Mapping[int, Sequence[ChunkPiece]]
         text = SPAN_SEPARATOR.join(s.text for s in spans)
         total += len(text)
         used[hit.doc_key] = _normalize(done + selected)
-        citation = _citation(hit, spans[0].char_start, spans[-1].char_end, tuple(sorted(contributors)))
+        citation = _citation(hit, spans[0].char_start, spans[-1].char_end, tuple(sorted(contributors)), page_starts)
         out.append(ContextPassage(rank=rank, score=hit.score, text=text, spans=spans, citation=citation, hit=hit,
                                   truncated=truncated))
     return Context(query=query, passages=tuple(out), max_chars=max_chars)
@@ -372,7 +359,7 @@ def _truncate(pieces: list[ChunkPiece], selected: list[tuple[int, int]], budget:
     return out
 
 
-def retrieve_context(searcher: "Searcher", query: str, *, k: int = 5, max_chars: int | None = None,
+def retrieve_context(searcher: Retriever, query: str, *, k: int = 5, max_chars: int | None = None,
                      neighbors: int = 0, mode: str | None = None, **search_kwargs: Any) -> Context:
     """``searcher.search(query, k, mode=mode, **search_kwargs)`` assembled into a ``Context``.
 
@@ -386,15 +373,20 @@ def retrieve_context(searcher: "Searcher", query: str, *, k: int = 5, max_chars:
         raise QueryError(f"max_chars must be at least 1 (or None for no limit), got {max_chars}")
     hits = searcher.search(query, k, mode=mode, **search_kwargs)
     around = None
-    if neighbors and hits:
-        with searcher.store.engine.connect() as conn:
-            around = neighbour_chunks(conn, [h.chunk_id for h in hits], neighbors)
-    ctx = assemble(hits, around, max_chars=max_chars, query=query)
+    page_starts = None
+    paged = [h.chunk_id for h in hits if h.pages]
+    if neighbors and hits or paged:
+        with searcher.store.snapshot() as snap:
+            if neighbors:
+                around = snap.neighbours([h.chunk_id for h in hits], neighbors)
+            if paged:
+                page_starts = snap.page_starts_of_chunks(paged)
+    ctx = assemble(hits, around, max_chars=max_chars, query=query, page_starts=page_starts)
     log.debug("context for %r: %d hits -> %d passages, %d chars", query, len(hits), len(ctx), ctx.n_chars)
     return ctx
 
 
-def retrieve_passages(searcher: "Searcher", query: str, *, k: int = 5, max_chars: int | None = None,
+def retrieve_passages(searcher: Retriever, query: str, *, k: int = 5, max_chars: int | None = None,
                       neighbors: int = 0, mode: str | None = None, **search_kwargs: Any) -> list[ContextPassage]:
     """What the framework retrievers return: the hits of ``search`` as they are, or an assembled context.
 

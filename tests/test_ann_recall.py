@@ -331,8 +331,8 @@ def test_fastscan_saves_loads_and_converts_to_a_gpu_layout(tmp_path, vectors):
     assert m.ann.params.nbits == 4 and m.ann.tuning is not None and m.ann.tuning.met
     ann = AnnIndex.load(path / "ann.faiss", m.ann.params)
     store = MetadataStore(path / "meta.sqlite", readonly=True)
-    with store.engine.connect() as conn:
-        gpu_ready = for_gpu(ann, store, conn, VectorStore(path / "vectors.f16", DIM))
+    with store.snapshot() as snap:
+        gpu_ready = for_gpu(ann, store, snap.conn, VectorStore(path / "vectors.f16", DIM))
     store.close()
     assert gpu_ready.params == gpu_params(m.ann.params) and gpu_ready.params.nbits == 8
     assert isinstance(gpu_ready.index, faiss.IndexIVFPQ) and gpu_ready.ntotal == N

@@ -239,8 +239,8 @@ def test_a_reader_without_a_saved_ann_index_builds_the_recorded_one(tmp_path, ti
     (idx / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
     (idx / "ann.faiss").unlink()
     with Searcher.open(idx, embedder=tiny_embedder) as s:
-        with s.store.engine.connect() as conn:
-            ann = s._ann_for(conn, s.store.generation(conn))
+        with s.store.snapshot() as snap:
+            ann = s._ann_for(snap)
         assert ann.params == choose_params(300, 64, "ivfpq", nlist=2) and ann.ntotal == 300
 
 
