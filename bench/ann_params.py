@@ -96,7 +96,8 @@ def main() -> None:
             lat, found = [], []
             for qv in queries:
                 t = time.perf_counter()
-                cand = index.search(qv[None, :], tu.candidates, params=faiss.SearchParametersIVF(nprobe=tu.nprobe))[1][0]
+                sp = faiss.SearchParametersIVF(nprobe=tu.nprobe)
+                cand = index.search(qv[None, :], tu.candidates, params=sp)[1][0]
                 cand = np.sort(cand[cand >= 0])
                 found.append(cand[np.argsort(-(src.read(cand - 1) @ qv), kind="stable")[:10]])
                 lat.append((time.perf_counter() - t) * 1000)

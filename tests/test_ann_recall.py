@@ -206,7 +206,7 @@ def test_threads_with_different_nprobe_do_not_race(ivfpq):
         t.join()
     assert not wrong
     assert ivfpq.index.nprobe == before, "search never sets nprobe on the shared index"
-    assert not np.array_equal(expected[1], expected[32]), "nprobe must matter on this data for the test to mean anything"
+    assert not np.array_equal(expected[1], expected[32]), "nprobe must matter on this data for the test to mean a thing"
 
 
 # --------------------------------------------------------------------------- catch-up without copies

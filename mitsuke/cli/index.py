@@ -31,7 +31,8 @@ __all__ = ["index", "chunk"]
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF cells for --ann ivfpq (default: derived from the number of vectors, see indexer.ann).")
 @click.option("--pq-bits", type=click.Choice(["4", "8"]), default=None,
-              help="IVF-PQ code bits: 8 (IndexIVFPQ, GPU-ready) or 4 (SIMD fast-scan on CPUs; a GPU reader converts).")
+              help="IVF-PQ code bits: 8 (IndexIVFPQ, GPU-ready) or 4 (SIMD fast-scan on CPUs; "
+                   "a GPU reader converts).")
 @click.option("--recall-target", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="Mean recall@10 (vs exact search) that the measured IVF-PQ nprobe / rerank pool must reach "
                    "[default: 0.97, kept with the index].")
