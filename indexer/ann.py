@@ -51,9 +51,13 @@ TRAIN_POINTS_PER_CELL = 64
 PQ_MIN_TRAIN = 256 * MIN_POINTS_PER_CENTROID
 # Below this k-means cannot even place the 256 centroids of a PQ codebook.
 PQ_MIN_POINTS = 256
-# PQ code bits of new IVF-PQ indexes: 8 (IndexIVFPQ, clones to a GPU as it is) or
-# 4 (IndexIVFPQFastScan, SIMD on the CPU; bench/ann_params.py compares them).
-DEFAULT_NBITS = 8
+# PQ code bits of new IVF-PQ indexes: 4 (IndexIVFPQFastScan, SIMD on the CPU) or 8
+# (IndexIVFPQ, clones to a GPU as it is). Measured at equal bytes per vector (64) on
+# 50k x 1792 clustered vectors, nlist 256 (bench/ann_params.py, bench/sections/ann_recall.md):
+# for >= 0.97 recall@10 fast-scan needed a rerank pool of 30 vs 300, p50 2.1 vs 84 ms
+# (loaded machine), training 25 vs 288 s, adds 29 vs 140 s. A GPU reader converts
+# (indexer.ann_gpu keeps the IVF centroids, retrains 8-bit codebooks).
+DEFAULT_NBITS = 4
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,10 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
 
     - kind: flat below ``flat_threshold`` (``FLAT_THRESHOLD``), IVF-PQ above;
     - nlist: :func:`choose_nlist` (``nlist`` overrides it, e.g. for small test corpora);
-    - m: :func:`choose_m`; nbits: ``DEFAULT_NBITS`` (8, the only value classic GPU
-      IVF-PQ accepts); ``nbits=4`` gives FAISS's SIMD fast-scan PQ with
-      :func:`choose_m_fastscan` sub-quantizers (same bytes per vector; see
-      bench/ann_params.py; a GPU converts it with ``indexer.ann_gpu``);
+    - nbits: ``DEFAULT_NBITS`` (4: FAISS's SIMD fast-scan PQ with
+      :func:`choose_m_fastscan` sub-quantizers; bench/ann_params.py), or 8 with
+      :func:`choose_m` (the only code size classic GPU IVF-PQ accepts; a GPU
+      reader converts 4-bit indexes with ``indexer.ann_gpu``);
     - train_size: 64 points per cell, at least 256·39 for the PQ codebooks,
       at most n — good centroids without training dominating the build;
     - nprobe: nlist/8, at least 16 (all cells if fewer): a query's true
@@ -151,7 +155,7 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
       curve; ``nprobe=`` at search time trades it for latency).
 
     >>> choose_params(1_000_000, 1792)
-    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=64, nbits=8, nprobe=128, train_size=65536, metric='ip')
+    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=128, nbits=4, nprobe=128, train_size=65536, metric='ip')
     """
     threshold = FLAT_THRESHOLD if flat_threshold is None else flat_threshold
     if kind == "auto":
