@@ -175,7 +175,10 @@ def _recall_grid(ann: AnnIndex, queries: np.ndarray, exclude: np.ndarray, truth:
             out.append({"nprobe": nprobe, "factor": f, "recall": recall})
             if recall >= target:
                 met.add(f)
-        if len(met) == len(factors) or time.monotonic() > deadline:
+        if len(met) == len(factors):
+            break
+        if time.monotonic() > deadline:
+            out.append({"nprobe": nprobe, "factor": 0, "recall": -1.0})  # marks a grid cut short
             break
     return out
 
@@ -214,7 +217,10 @@ def tune_ann(ann: AnnIndex, vectors: VectorStore, ids: np.ndarray, rows: np.ndar
     rows = np.asarray(rows, dtype=np.int64)
     qv, qid = sample_queries(vectors, ids, rows, queries, perturb)
     truth = exact_neighbours(vectors, ids, rows, qv, k, exclude=qid)
-    grid = _recall_grid(ann, qv, qid, truth, k, factors, target, started + time_budget_s)
+    # The budget bounds the grid; exact truth is a fixed cost (n × queries × dim).
+    grid = _recall_grid(ann, qv, qid, truth, k, factors, target, time.monotonic() + time_budget_s)
+    cut = grid[-1]["nprobe"] if grid and grid[-1]["factor"] == 0 else None
+    grid = [g for g in grid if g["factor"]]
     # Frontier: per factor, the smallest nprobe meeting the target; if none does, the best recall seen.
     frontier = []
     for f in factors:
@@ -239,6 +245,8 @@ def tune_ann(ann: AnnIndex, vectors: VectorStore, ids: np.ndarray, rows: np.ndar
         note = (f"recall target {target} not met: best mean recall@{k} {best['recall']:.3f} at nprobe "
                 f"{best['nprobe']} of {nlist}, pool {k * best['factor']}; use exact search (--ann flat) "
                 f"or a larger --nlist")
+        if cut is not None:
+            note += f" (measurement stopped by its {time_budget_s:.0f} s budget after nprobe {cut})"
     elif best["nprobe"] > EXPENSIVE_SHARE * nlist:
         note = (f"recall target {target} met only by visiting {best['nprobe']} of {nlist} IVF cells; "
                 f"exact search (--ann flat) or a larger --nlist may be cheaper")
