@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams, _as_stored
 from mitsuke.indexer.store import SqlStore
@@ -198,7 +197,7 @@ class AnnView:
         log.debug("ANN view merged: %d vectors", base.ntotal)
         return AnnView(base)
 
-    def catch_up(self, store: SqlStore, conn: Connection, vectors: VectorStore,
+    def catch_up(self, store: SqlStore, conn: Any, vectors: VectorStore,
                  since_generation: int) -> "AnnView":
         """The view at the snapshot ``conn`` reads, from this view at ``since_generation``.
 

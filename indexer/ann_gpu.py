@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_m
 from mitsuke.indexer.recovery import training_sample
@@ -43,7 +43,7 @@ def gpu_params(params: AnnParams) -> AnnParams:
     return replace(params, m=choose_m(params.dim), nbits=8)
 
 
-def for_gpu(ann: AnnIndex, store: SqlStore, conn: Connection, vectors: VectorStore) -> AnnIndex:
+def for_gpu(ann: AnnIndex, store: SqlStore, conn: Any, vectors: VectorStore) -> AnnIndex:
     """An 8-bit IVF-PQ copy of ``ann`` over the live chunks of ``conn``'s snapshot, keeping its IVF centroids."""
     import faiss
 

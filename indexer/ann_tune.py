@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # layout imports this module, and vectors imports layout
+from mitsuke.indexer.ann_record import AnnTuning
+
+if TYPE_CHECKING:
     from mitsuke.indexer.ann import AnnIndex
     from mitsuke.indexer.vectors import VectorStore
 
@@ -59,41 +60,6 @@ EXPENSIVE_SHARE = 0.25
 # Queries timed per frontier configuration (the recall grid uses all of them).
 LATENCY_QUERIES = 50
 SEED = 4321
-
-
-@dataclass(frozen=True)
-class AnnTuning:
-    """What was measured and chosen; stored in the manifest's ``ann`` section as ``tuning``."""
-
-    nprobe: int
-    candidate_factor: int  # rerank pool = k × candidate_factor
-    k: int
-    recall: float  # mean recall@k of ANN + exact rerank vs exact search, at the chosen values
-    p50_ms: float
-    p95_ms: float
-    target: float
-    met: bool
-    queries: int
-    vectors: int  # index size when measured
-    nlist: int
-    perturb: float
-    seconds: float
-    note: str = ""
-    frontier: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def candidates(self) -> int:
-        return self.k * self.candidate_factor
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "AnnTuning | None":
-        if not data:
-            return None
-        fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 def needs_tuning(tuning: AnnTuning | None, ann: AnnIndex | None, target: float) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mitsuke.indexer.ann import AnnParams, choose_params
-from mitsuke.indexer.ann_tune import AnnTuning
+from mitsuke.indexer.ann_record import AnnTuning
 from mitsuke.indexer.config import AnnConfig, ChunkConfig
 from mitsuke.indexer.durable import atomic_write_bytes
 from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError

@@ -284,11 +284,11 @@ def test_readers_catch_up_without_copying_and_equal_a_fresh_open(tmp_path):
                 b.add_documents([{"id": f"doc{step * 40 + 45:05d}", "text": passage(4000 + step)}])  # replaced
             with Searcher.open(path, embedder=emb) as fresh:
                 for q in questions:
-                    # Every cell visited, a wide pool: the candidate sets hold the true top 10 on both sides.
+                    # Every cell visited and every vector reranked: both sides must give the exact top 10.
                     a = [(h.chunk_id, round(h.score, 6)) for h in reader.search(q, k=10, mode="dense", nprobe=16,
-                                                                                candidates=300)]
+                                                                                candidates=3000)]
                     e = [(h.chunk_id, round(h.score, 6)) for h in fresh.search(q, k=10, mode="dense", nprobe=16,
-                                                                               candidates=300)]
+                                                                               candidates=3000)]
                     assert a == e, (step, q)
             assert reader._ann.base is base, "the caught-up view shares the loaded index: no copy per commit"
             assert reader._ann.ntotal == reader.info()["chunks"]
