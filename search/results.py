@@ -19,6 +19,9 @@ class Passage:
     mode ``dense_score`` is filled in for lexical-only passages too).
     ``pages``: the 1-based first and last page the passage lies on, for paged
     documents (PDF); ``None`` otherwise.
+    ``lexical_match`` says what the lexical leg found the passage by:
+    ``"terms"`` (MeCab terms), ``"trigram"`` (the query, or a
+    whitespace-separated piece of it, as a substring) or ``"both"``.
     """
 
     chunk_id: int
@@ -37,6 +40,7 @@ class Passage:
     dense_rank: int | None = None
     lexical_rank: int | None = None
     pages: tuple[int, int] | None = None
+    lexical_match: str | None = None
 
     def __hash__(self) -> int:
         # The generated hash would fail on the metadata dict; a passage's identity is its chunk and score.

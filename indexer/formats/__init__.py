@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from mitsuke.indexer.errors import LoadError
 
 if TYPE_CHECKING:
-    from mitsuke.indexer.loaders import Document, LoadFailure
+    from mitsuke.indexer.documents import Document, LoadFailure
 
 __all__ = ["FormatOptions", "FORMAT_SUFFIXES", "PDF_SUFFIXES", "DOCX_SUFFIXES", "TABULAR_SUFFIXES",
            "load_format"]
@@ -65,7 +65,7 @@ def load_format(path: Path, key: str, encoding: str | None,
     suffix = path.suffix.lower()
     missing = _missing_library(suffix)
     if missing:
-        from mitsuke.indexer.loaders import LoadFailure
+        from mitsuke.indexer.documents import LoadFailure
 
         yield LoadFailure(str(path), missing)
         return

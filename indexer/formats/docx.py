@@ -118,7 +118,7 @@ def docx_text(path: str | Path) -> tuple[str, str]:
 
 def load_docx(path: Path, key: str) -> Iterator:
     """One ``Document`` for the .docx at ``path``, or one ``LoadFailure``."""
-    from mitsuke.indexer.loaders import Document, LoadFailure
+    from mitsuke.indexer.documents import Document, LoadFailure
 
     try:
         text, title = docx_text(path)

@@ -235,7 +235,7 @@ def extract_pdf(path: str | Path, max_pages: int = FormatOptions().pdf_max_pages
 
 def load_pdf(path: Path, key: str, options: FormatOptions) -> Iterator:
     """One ``Document`` for the PDF at ``path`` (with ``page_starts``), or one ``LoadFailure``."""
-    from mitsuke.indexer.loaders import Document, LoadFailure
+    from mitsuke.indexer.documents import Document, LoadFailure
 
     try:
         pdf = extract_pdf(path, options.pdf_max_pages)

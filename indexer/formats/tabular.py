@@ -58,7 +58,8 @@ def _column(header: list[str], role: str, options: FormatOptions, spath: str) ->
 
 def load_table(path: Path, key: str, encoding: str | None, options: FormatOptions) -> Iterator:
     """Documents from the CSV/TSV file at ``path``, or ``LoadFailure``s (the file's, or ``file:line``)."""
-    from mitsuke.indexer.loaders import Document, LoadFailure, decode_bytes
+    from mitsuke.indexer.decoding import decode_bytes
+    from mitsuke.indexer.documents import Document, LoadFailure
 
     spath = str(path)
     kind = path.suffix.lower().lstrip(".")
@@ -122,7 +123,7 @@ def load_table(path: Path, key: str, encoding: str | None, options: FormatOption
 
 
 def _whole_file(path: Path, key: str, kind: str, used: str, header: list[str], rows) -> Iterator:
-    from mitsuke.indexer.loaders import Document, LoadFailure
+    from mitsuke.indexer.documents import Document, LoadFailure
 
     lines = [" | ".join(header)]
     try:
