@@ -96,7 +96,7 @@ def test_todays_manifest_json_reads_into_typed_parts_and_writes_back_the_same_ke
                                 pooling="lasttoken", normalize=True, max_length=8192, prompts={"query": "クエリ: "})
     assert (m.dim, m.model_name) == (1792, "sbintuitions/sarashina-embedding-v1-1b")
     assert m.chunking == ChunkConfig() and m.ann_config == AnnConfig()
-    assert m.ann == AnnState(choose_params(1_000_000, 1792), 41)
+    assert m.ann == AnnState(choose_params(1_000_000, 1792, nbits=8), 41)  # written before 4-bit codes
     assert (m.generation, m.counts, m.lexical_analysis) == (42, Counts(1000, 12345), LEXICAL_ANALYSIS_VERSION)
     assert m.to_json() == TODAYS_MANIFEST  # nothing renamed, added or lost
 
