@@ -40,13 +40,13 @@ import numpy as np
 from mitsuke.indexer.ann import AnnIndex
 from mitsuke.indexer.ann_tune import needs_tuning, tune_ann
 from mitsuke.indexer.checksums import Block, extend_blocks, file_blocks
-from mitsuke.indexer.identity import adopt_identity, check_files_beside
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
+from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
 from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError
+from mitsuke.indexer.identity import adopt_identity, check_files_beside
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
-from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
 from mitsuke.indexer.loaders import FormatOptions, iter_documents
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
@@ -79,7 +79,8 @@ class IndexSummary:
         return {
             "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
             "deleted": self.deleted, "failed": list(self.failed),
-            "chunks_embedded": self.chunks_embedded, "chunks_added": self.chunks_added, "seconds": round(self.seconds, 3),
+            "chunks_embedded": self.chunks_embedded, "chunks_added": self.chunks_added,
+            "seconds": round(self.seconds, 3),
         }
 
 

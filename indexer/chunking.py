@@ -55,7 +55,8 @@ _SENTENCE_MARKS = frozenset("。．！？!?｡")
 _CLAUSE_MARKS = frozenset("、，,；;：:､") | frozenset(CLOSE_BRACKETS)
 # A piece should not start with these (they belong to what precedes them).
 _NO_START = frozenset("、，,；;：:､。．！？!?｡…‥ー〜") | frozenset(CLOSE_BRACKETS)
-_CONNECTIVES = frozenset({"て", "で", "が", "ので", "から", "けれど", "けれども", "けど", "し", "ながら", "ば", "たり", "だり"})
+_CONNECTIVES = frozenset({"て", "で", "が", "ので", "から", "けれど", "けれども", "けど", "し", "ながら", "ば",
+                          "たり", "だり"})
 _OPENERS = dict(zip(OPEN_BRACKETS, CLOSE_BRACKETS))
 
 

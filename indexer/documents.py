@@ -17,7 +17,8 @@ from typing import Any
 
 from mitsuke.indexer.errors import LoadError
 
-__all__ = ["Document", "LoadFailure", "HEADED_TYPES", "RESERVED_KEYS", "check_text", "content_hash", "document_from_mapping"]
+__all__ = ["Document", "LoadFailure", "HEADED_TYPES", "RESERVED_KEYS", "check_text", "content_hash",
+           "document_from_mapping"]
 
 # Source types whose text carries ATX headings the chunker turns into heading paths.
 HEADED_TYPES = frozenset({"markdown", "docx"})

@@ -70,7 +70,7 @@ def temp_path(path: str | Path) -> Path:
 
 
 def leftover_temp_files(directory: str | Path) -> Iterator[Path]:
-    """Staged files of atomic writes that a killed writer never renamed (the writer that holds the lock removes them)."""
+    """Staged files of atomic writes that a killed writer never renamed (the lock holder removes them)."""
     return Path(directory).glob(f".*{_TEMP_SUFFIX}")
 
 

@@ -21,8 +21,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import BinaryIO
 
-from mitsuke.indexer.documents import Document, LoadFailure, check_text, content_hash, document_from_mapping
 from mitsuke.indexer.decoding import BOMS, decode_bytes, normal_encoding_name
+from mitsuke.indexer.documents import Document, LoadFailure, check_text, content_hash, document_from_mapping
 from mitsuke.indexer.errors import LoadError
 from mitsuke.indexer.formats import FORMAT_SUFFIXES, FormatOptions, load_format
 

@@ -11,22 +11,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mitsuke.indexer.ann import AnnParams, gpu_count
-from mitsuke.indexer.ann_gpu import for_gpu, needs_conversion
 from mitsuke.indexer.ann_delta import AnnView
+from mitsuke.indexer.ann_gpu import for_gpu, needs_conversion
 from mitsuke.indexer.ann_tune import AnnTuning
 from mitsuke.indexer.errors import IndexFormatError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import ChunkRow, Snapshot
-from mitsuke.search.opening import open_reader_store
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.context import Context, retrieve_context
 from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
 from mitsuke.search.filters import Filter, compile_where
 from mitsuke.search.fusion import FUSIONS, check_weights, fuse
-from mitsuke.search.trigram import LexicalHits, lexical_search
+from mitsuke.search.opening import open_reader_store
 from mitsuke.search.results import Passage
+from mitsuke.search.trigram import LexicalHits, lexical_search
 
 if TYPE_CHECKING:
     from mitsuke.indexer.embedding import Embedder

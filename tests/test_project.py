@@ -39,3 +39,17 @@ def test_every_package_directory_is_installed():
             rel = init.parent.relative_to(root).parts
             found.add(".".join((name, *rel)))
     assert found == listed, f"pyproject.toml packages: missing {sorted(found - listed)}, extra {sorted(listed - found)}"
+
+
+def test_the_packages_are_clean_under_ruff():
+    """pyproject.toml's [tool.ruff] settings, on the installed packages' sources."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        import pytest
+
+        pytest.skip("ruff is not installed (it comes with the dev extra)")
+    out = subprocess.run([ruff, "check", "indexer", "search", "mitsuke"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

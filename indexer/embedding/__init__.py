@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from mitsuke.indexer.embedding.embedder import Embedder
 from mitsuke.indexer.embedding.hub import resolve_model_dir
-from mitsuke.indexer.layout import ModelInfo
 from mitsuke.indexer.embedding.pooling import POOLING_MODES, exclude_prompt, pool
 from mitsuke.indexer.embedding.tokens import count_tokens_with, load_token_counter
+from mitsuke.indexer.layout import ModelInfo
 
 __all__ = ["Embedder", "ModelInfo", "resolve_model_dir", "load_token_counter", "count_tokens_with", "POOLING_MODES",
            "exclude_prompt", "pool"]

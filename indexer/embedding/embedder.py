@@ -26,13 +26,13 @@ import numpy as np
 
 from mitsuke.indexer.embedding.device import pick_device, pick_dtype, warn_if_slow_on_cpu
 from mitsuke.indexer.embedding.hub import resolve_model_dir
-from mitsuke.indexer.layout import ModelInfo
 from mitsuke.indexer.embedding.pooling import check_pooling_modes, pool
 from mitsuke.indexer.embedding.quiet import quiet_model_loading
 from mitsuke.indexer.embedding.st_config import read_recipe, st_max_length
 from mitsuke.indexer.embedding.tokens import count_tokens_with
 from mitsuke.indexer.embedding.transformer import check_files, load_transformer, plain_model_pooling
 from mitsuke.indexer.errors import ModelError
+from mitsuke.indexer.layout import ModelInfo
 
 __all__ = ["Embedder"]
 

@@ -168,7 +168,8 @@ def st_max_length(recipe: Recipe, tokenizer: Any, config: Any) -> int:
 def apply_lower_case(tokenizer: Any) -> None:
     """Lower-case inside the tokenizer, exactly as sentence-transformers' ``do_lower_case`` does."""
     if getattr(tokenizer, "is_fast", False):
-        from tokenizers.normalizers import Lowercase, Sequence as NormalizerSequence
+        from tokenizers.normalizers import Lowercase
+        from tokenizers.normalizers import Sequence as NormalizerSequence
 
         normalizer = tokenizer.backend_tokenizer.normalizer
         has = isinstance(normalizer, Lowercase) or (

@@ -39,15 +39,21 @@ scores as FTS5's), ``term_doc_freq``, ``_glob`` and ``_metadata_match``.
 """
 from __future__ import annotations
 
-from mitsuke.indexer.store.base import MIGRATIONS, SCHEMA_VERSION, Snapshot, SqlStore
-from mitsuke.indexer.store.schema import (
-    BUILTIN_FIELDS, MAX_BIND_PARAMS, ChunkPiece, ChunkRow, Condition, DocumentRow, Filter,
-)
-from mitsuke.indexer.store.sqlite import SqliteStore
-
 # What the store raises when the database itself fails (damaged file, disk full, read-only):
 # callers outside the store catch this name, never SQLAlchemy's.
 from sqlalchemy.exc import DatabaseError as StoreError  # noqa: E402
+
+from mitsuke.indexer.store.base import MIGRATIONS, SCHEMA_VERSION, Snapshot, SqlStore
+from mitsuke.indexer.store.schema import (
+    BUILTIN_FIELDS,
+    MAX_BIND_PARAMS,
+    ChunkPiece,
+    ChunkRow,
+    Condition,
+    DocumentRow,
+    Filter,
+)
+from mitsuke.indexer.store.sqlite import SqliteStore
 
 __all__ = [
     "SqlStore", "SqliteStore", "MetadataStore", "Snapshot", "ChunkRow", "ChunkPiece", "DocumentRow", "Filter",

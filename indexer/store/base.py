@@ -21,8 +21,18 @@ from mitsuke.indexer.store.integrity import LOST_PREFIX, IntegrityMixin
 from mitsuke.indexer.store.listing import ListingMixin
 from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
-    BUILTIN_FIELDS, ChunkPiece, ChunkRow, DocumentRow, Filter, batches, chunks, deleted_chunks, documents,
-    metadata, state, vector_blocks,
+    BUILTIN_FIELDS,
+    ChunkPiece,
+    ChunkRow,
+    DocumentRow,
+    Filter,
+    batches,
+    chunks,
+    deleted_chunks,
+    documents,
+    metadata,
+    state,
+    vector_blocks,
 )
 
 __all__ = ["SqlStore", "Snapshot", "MIGRATIONS", "SCHEMA_VERSION", "LOST_PREFIX"]

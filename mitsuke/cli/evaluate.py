@@ -13,11 +13,13 @@ __all__ = ["eval_cmd"]
 @click.command("eval", context_settings=CONTEXT)
 @index_option
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSONL, one question a line: question, answers, doc_id, answer_spans (README \"Measure it on your data\").")
+              help="JSONL, one question a line: question, answers, doc_id, answer_spans "
+                   "(README \"Measure it on your data\").")
 @click.option("-k", "ks", default="1,5,10,20", show_default=True, help="Cut-offs, comma-separated.")
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order.")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit (default: the manifest's).")
+@click.option("--nprobe", type=click.IntRange(min=1), default=None,
+              help="IVF cells to visit (default: the manifest's).")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
               help="How hybrid mode combines dense and lexical ranks.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N usable questions.")

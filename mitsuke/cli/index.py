@@ -31,8 +31,10 @@ __all__ = ["index", "chunk"]
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
 @click.option("--max-tokens", type=int, default=None, help="Chunk budget in model tokens (new index only).")
-@click.option("--max-chars", type=int, default=None, help="Chunk budget in characters for --model none (new index only).")
-@click.option("--overlap", type=int, default=None, help="Overlap between chunks, same unit as the budget (new index only).")
+@click.option("--max-chars", type=int, default=None,
+              help="Chunk budget in characters for --model none (new index only).")
+@click.option("--overlap", type=int, default=None,
+              help="Overlap between chunks, same unit as the budget (new index only).")
 @click.option("--ann", type=click.Choice(["auto", "flat", "ivfpq"]), default=None,
               help="ANN index kind: auto (flat below 50k vectors, IVF-PQ above), flat or ivfpq.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,

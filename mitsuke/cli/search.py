@@ -23,7 +23,8 @@ __all__ = ["search"]
               help="Filter on document metadata or doc_key (glob), title, source_type, source (repeatable, ANDed).")
 @click.option("--candidates", type=click.IntRange(min=1, max=MAX_K * 10), default=None,
               help="Dense candidates rescored exactly / per leg in hybrid mode (default: 10 × k).")
-@click.option("--nprobe", type=click.IntRange(min=1, max=1 << 20), default=None, help="IVF cells to visit (default: the manifest's).")
+@click.option("--nprobe", type=click.IntRange(min=1, max=1 << 20), default=None,
+              help="IVF cells to visit (default: the manifest's).")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
               help="How hybrid mode combines dense and lexical results: reciprocal ranks or normalised scores.")
 @click.option("--weights", default=None, metavar="DENSE,LEXICAL",
@@ -86,8 +87,9 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     for i, h in enumerate(hits, 1):
         heading = printable(" > ".join(h.headings))
         page = "" if not h.pages else f" p.{h.pages[0]}" + (f"-{h.pages[1]}" if h.pages[1] != h.pages[0] else "")
+        where = f"  [{printable(h.doc_key)} {h.char_start}:{h.char_end}{page}]"
         click.echo(click.style(f"{i:>2}. {h.score:.4f}  {printable(h.title or h.doc_key)}", bold=True)
-                   + f"  [{printable(h.doc_key)} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
+                   + where + (f"  {heading}" if heading else ""))
         click.echo("    " + _snippet(printable(h.text), marks))
     click.echo(took)
 

@@ -26,7 +26,13 @@ from mitsuke.server.config import ServeConfig
 from mitsuke.server.metrics import Metrics
 from mitsuke.server.middleware import GuardMiddleware, MetricsMiddleware
 from mitsuke.server.schemas import (
-    BatchResponse, ContextResponse, DocumentList, DocumentOut, ErrorResponse, SearchResponse, request_models,
+    BatchResponse,
+    ContextResponse,
+    DocumentList,
+    DocumentOut,
+    ErrorResponse,
+    SearchResponse,
+    request_models,
 )
 from mitsuke.server.service import NotFound, NotReady, SearchService, check_query
 

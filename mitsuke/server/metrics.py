@@ -76,7 +76,8 @@ class Metrics:
             lines += _histogram("mitsuke_batch_queries", BATCH_BUCKETS, self.batches, self.batch_sum,
                                 self.batch_count)
             lines += ["# HELP mitsuke_http_requests_in_flight Requests being answered now.",
-                      "# TYPE mitsuke_http_requests_in_flight gauge", f"mitsuke_http_requests_in_flight {self.in_flight}"]
+                      "# TYPE mitsuke_http_requests_in_flight gauge",
+                      f"mitsuke_http_requests_in_flight {self.in_flight}"]
         for name, value in (extra or {}).items():
             lines += [f"# TYPE {name} gauge", f"{name} {value}"]
         return "\n".join(lines) + "\n"
