@@ -31,6 +31,9 @@ __all__ = [
     "html_to_text",
     "iter_documents",
     "documents_from_jsonl",
+    "FileInput",
+    "list_inputs",
+    "load_input",
 ]
 
 log = logging.getLogger("mitsuke")
@@ -469,6 +472,14 @@ def _excluded_dir(rel: str, exclude: tuple[str, ...]) -> bool:
     return bool(exclude) and (_matches(rel, exclude) or _matches(rel + "/", exclude))
 
 
+@dataclass(frozen=True)
+class FileInput:
+    """A file to read, and the key its document(s) get: one unit of loading work."""
+
+    path: str
+    key: str
+
+
 def iter_documents(
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -492,6 +503,32 @@ def iter_documents(
     """
     if encoding:
         encoding = _normal_name(encoding)
+    for item in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin):
+        if isinstance(item, FileInput):
+            yield from load_input(item, encoding)
+        else:
+            yield item
+
+
+def list_inputs(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    encoding: str | None = None,
+    stdin: BinaryIO | None = None,
+) -> Iterator[FileInput | Document | LoadFailure]:
+    """The inputs under ``paths`` without reading files: what :func:`iter_documents` loads, in its order.
+
+    Files come as :class:`FileInput` (read them with :func:`load_input`, in
+    this process or on another machine); standard input is read here, since
+    only this process can read it.
+
+    >>> [i.key for i in list_inputs(["data"], include=("豊岡*",))]
+    ['豊岡市.md']
+    """
+    if encoding:
+        encoding = _normal_name(encoding)
     for raw in paths:
         if str(raw) == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
@@ -502,15 +539,20 @@ def iter_documents(
             yield LoadFailure(str(path), "no such file or directory")
             continue
         if path.is_dir():
-            yield from _iter_directory(path, include, exclude, encoding)
+            yield from _iter_directory(path, include, exclude)
         elif path.is_file():
-            yield from _load_file(path, path.name, encoding)
+            yield FileInput(str(path), path.name)
         else:
             yield LoadFailure(str(path), "not a regular file (broken symlink, symlink loop, FIFO or device)")
 
 
-def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-                    encoding: str | None) -> Iterator[Document | LoadFailure]:
+def load_input(item: FileInput, encoding: str | None = None) -> Iterator[Document | LoadFailure]:
+    """The document(s) of one listed file (several for JSONL); problems become ``LoadFailure``."""
+    return _load_file(Path(item.path), item.key, _normal_name(encoding) if encoding else None)
+
+
+def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]
+                    ) -> Iterator[FileInput | LoadFailure]:
     for file, problem in _walk(root):
         rel = file.relative_to(root).as_posix()
         if exclude and (_matches(rel, exclude) or any(_excluded_dir(d, exclude) for d in _parents(rel))):
@@ -525,7 +567,7 @@ def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ..
         if problem is not None:
             yield LoadFailure(str(file), problem)
         else:
-            yield from _load_file(file, rel, encoding)
+            yield FileInput(str(file), rel)
 
 
 def _parents(rel: str) -> Iterator[str]:
