@@ -16,7 +16,6 @@ at 1M × 1792).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -29,8 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import write_results  # noqa: E402
 from mitsuke.indexer.ann import AnnIndex, choose_params  # noqa: E402
-from mitsuke.indexer.recovery import _sample_rows  # noqa: E402
+from mitsuke.indexer.recovery import training_sample  # noqa: E402
 from mitsuke.indexer.vectors import VectorStore  # noqa: E402
 
 GEN_BLOCK = 20_000
@@ -124,7 +124,7 @@ def main() -> None:
     ann = AnnIndex.create(params)
     rows = np.arange(args.n, dtype=np.int64)
     t = time.perf_counter()
-    sample = vs.read(_sample_rows(rows, params.train_size))
+    sample = vs.read(training_sample(rows, params.train_size))
     out["sample_read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ann.train(sample)
@@ -189,9 +189,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in out["queries"]:
         print(f"| {r['nprobe']} | {r['pool']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['top10_agreement']:.3f} |")
-    dest = Path(args.json) if args.json else Path(__file__).parent / "results" / f"ann_build_{args.n}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=1))
+    write_results(f"ann_build_{args.n}", out, path=args.json)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -11,7 +11,6 @@ contains more answer spans by construction and costs more to embed and to read.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from mitsuke.indexer.builder import IndexBuilder  # noqa: E402
 from mitsuke.indexer.chunking import Chunker  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig  # noqa: E402
-from bench.common import eval_corpus  # noqa: E402
+from bench.common import eval_corpus, write_results  # noqa: E402
 from mitsuke.search.evaluate import evaluate, load_queries  # noqa: E402
 from mitsuke.search.searcher import Searcher  # noqa: E402
 
@@ -73,7 +72,7 @@ def main() -> None:
         print(f"{size:>9} {overlap:>7} {row['chunks']:>7} {row['mean_len'] or 0:>8.1f} {m['span_hit@1']:>6.4f} "
               f"{m['span_hit@5']:>6.4f} {m['span_hit@10']:>6.4f} {m['mrr@10']:>6.4f} {build:>7.1f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1))
+    write_results("chunk_defaults", {"rows": rows}, path=args.out)
 
 
 if __name__ == "__main__":

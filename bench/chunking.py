@@ -38,6 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import write_results  # noqa: E402
 from mitsuke.indexer.chunking import Chunker  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig  # noqa: E402
 
@@ -144,9 +145,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['case']:<44} {r['seconds']:>8.3f} {r['mchar_s']:>8.2f} {r['vs_fugashi']:>9.2f} {r['chunks']:>7}")
     if args.json:
-        out = REPO / "bench" / "results" / "chunking.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+        write_results("chunking", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -106,10 +106,14 @@ def table(rows: Iterable[dict[str, Any]], columns: Sequence[str], title: str = "
     return "\n".join(lines)
 
 
-def write_results(name: str, data: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` (machine info added) and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, data: dict[str, Any], path: str | Path | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` (or ``path``), machine description added; return its path.
+
+    Every benchmark records its figures through this, so each results file says
+    what it was measured on (``machine()``).
+    """
+    path = Path(path) if path is not None else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), **data}
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
     return path

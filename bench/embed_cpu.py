@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from bench.common import write_results  # noqa: E402
 from gpu_embed import (SARASHINA, build_model, build_tokenizer, flops_per_token, import_embedder,  # noqa: E402
                        texts_of)
 
@@ -110,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     bench("bfloat16 eager", embedder(), False, lengths[-1:], 2 * args.tokens)
     print(f"({FP32_CEILING_NOTE})")
 
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as fh:
-        json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), rows=results,
-                       date=time.strftime("%Y-%m-%d")), fh, indent=2)
+    write_results("embed_cpu", dict(torch=torch.__version__, threads=torch.get_num_threads(), rows=results),
+                  path=args.json)
     print(f"wrote {args.json}")
     return 0
 

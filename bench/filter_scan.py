@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import write_results  # noqa: E402
 from mitsuke.indexer.vectors import VectorStore  # noqa: E402
 from mitsuke.search.rerank import exact_scores, exact_top_k  # noqa: E402
 
@@ -27,6 +28,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     print(f"| matching rows (dim {DIM}) | numbers | exact scan p50 ms | rerank of 100 candidates p50 ms |")
     print("|---:|---:|---:|---:|")
+    results = []
     for n in (1000, 2340, 5000, 20000):
         rng = np.random.default_rng(0)
         v = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -49,6 +51,9 @@ def main() -> None:
             exact_scores(q[0], store, cand)
             rr.append((time.perf_counter() - t0) * 1000)
         print(f"| {n:,} | {n * DIM / 1e6:.1f} M | {np.median(scan):.1f} | {np.median(rr):.2f} |", flush=True)
+        results.append({"rows": n, "dim": DIM, "scan_p50_ms": float(np.median(scan)),
+                        "rerank_100_p50_ms": float(np.median(rr))})
+    write_results("filter_scan", {"rows": results})
 
 
 if __name__ == "__main__":

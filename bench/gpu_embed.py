@@ -21,7 +21,6 @@ hidden x seq (N = non-embedding parameters, 1.0405e9 here: 2.17 GFLOP/token at
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -251,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"OOM check: budget 2^26 tokens shrank to {emb.batch_tokens} and finished in {oom['seconds']:.1f} s")
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.json, "w", encoding="utf-8") as fh:
-        json.dump(dict(device=gpu, dtype=str(dtype), torch=torch.__version__, peak_tflops=peak, smoke=args.smoke,
-                       rows=rows, oom=oom, date=time.strftime("%Y-%m-%d")), fh, indent=2)
+    from bench.common import write_results  # numpy only: the GPU machine needs nothing more
+
+    write_results("gpu_embed", dict(device=gpu, dtype=str(dtype), torch=torch.__version__, peak_tflops=peak,
+                                    smoke=args.smoke, rows=rows, oom=oom), path=args.json)
     print(f"wrote {args.json}")
     return 0
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.common import write_results  # noqa: E402
 from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.search import Searcher  # noqa: E402
 from mitsuke.search.evaluate import load_queries, score_ranking  # noqa: E402
@@ -83,7 +84,7 @@ def main() -> None:
             rows.append({"setting": name, **m})
             print(f"| {name} | {m['span_hit@1']:.4f} | {m['span_hit@5']:.4f} | {m['span_hit@10']:.4f} | "
                   f"{m['mrr@10']:.4f} |", flush=True)
-    (OUT / "hybrid_fusion.json").write_text(json.dumps(rows, indent=1))
+    write_results("hybrid_fusion", {"rows": rows}, path=OUT / "hybrid_fusion.json")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig  # noqa: E402
 from mitsuke.search import Searcher  # noqa: E402
-from bench.common import eval_corpus  # noqa: E402
+from bench.common import eval_corpus, write_results  # noqa: E402
 from mitsuke.search.evaluate import EvalQuery, load_queries, score_ranking  # noqa: E402
 from mitsuke.search.results import Passage  # noqa: E402
 
@@ -284,8 +284,7 @@ def main() -> None:
             results["variants"].append({"terms": name, **m})
             print(f"| {name} | {m['span_hit@1']:.4f} | {m['span_hit@5']:.4f} | {m['span_hit@10']:.4f} | "
                   f"{m['mrr@10']:.4f} |", flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lexical_quality.json").write_text(json.dumps(results, ensure_ascii=False, indent=1))
+    write_results("lexical_quality", results, path=OUT / "lexical_quality.json")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-EVAL = REPO.parent / "shared" / "eval" / "jsquad-dev"
+sys.path.insert(0, str(REPO))
+from bench.common import SHARED_EVAL, write_results  # noqa: E402
+
+EVAL = SHARED_EVAL / "jsquad-dev"
 
 
 def model_dir() -> str:
@@ -113,9 +117,7 @@ def main() -> None:
     print("| mode | threads | queries/s | all answers equal single-threaded |\n|---|---:|---:|---|")
     for mode, n, qps, ok in tput:
         print(f"| {mode} | {n} | {qps:.1f} | {ok} |")
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rag.json").write_text(json.dumps({"latency_ms": rows, "throughput": tput}, indent=1))
+    write_results("rag", {"latency_ms": rows, "throughput": tput})
     searcher.close()
 
 

@@ -11,7 +11,6 @@ runs before the transaction).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import write_results  # noqa: E402
 from mitsuke.indexer.japanese import lexical_terms  # noqa: E402
 from mitsuke.indexer.store import MetadataStore  # noqa: E402
 from mitsuke.indexer.vectors import VectorStore  # noqa: E402
@@ -96,9 +96,7 @@ def main() -> None:
     print(f"| {n:,} | {args.dim} | {args.batch} | {res['mecab_terms_per_s']:,.0f} | {res['vector_rows_per_s']:,.0f} | "
           f"{res['sqlite_fts_rows_per_s']:,.0f} | {res['storage_total_per_s']:,.0f} | {res['with_terms_per_s']:,.0f} | "
           f"{res['sqlite_bytes_per_chunk']:,.0f} |")
-    out = Path(__file__).parent / "results" / "storage.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    write_results("storage", res)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,8 +41,9 @@ from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_params
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
+from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
-from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
+from mitsuke.indexer.loaders import iter_documents
 from mitsuke.indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
 from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
@@ -270,11 +271,15 @@ class IndexBuilder:
         return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
                                                  stdin=stdin))
 
-    def add_documents(self, docs: Iterable[Document | LoadFailure | dict]) -> IndexSummary:
-        """Add or update documents; unchanged ones (same key and content hash) are skipped."""
-        for item in docs:
-            if isinstance(item, dict):
-                item = _document_from_dict(item)
+    def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
+        """Add or update documents; unchanged ones (same key and content hash) are skipped.
+
+        A mapping becomes a ``Document`` by the JSONL rule (``document_from_mapping``);
+        one without an id is keyed ``<documents>#<position>`` (1-based, in this call).
+        """
+        for n, item in enumerate(docs, 1):
+            if isinstance(item, Mapping):
+                item = document_from_mapping(item, where=f"<documents>#{n}", fallback_key=f"<documents>#{n}")
             if isinstance(item, LoadFailure):
                 self._fail(item.path, item.reason)
                 continue
@@ -558,19 +563,3 @@ def record_embedding(docs: Iterable[tuple[str, str]]) -> None:
         fh.writelines(f"{key}\t{digest}\n" for key, digest in docs)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _document_from_dict(obj: dict[str, Any]) -> Document | LoadFailure:
-    obj = dict(obj)
-    text = obj.pop("text", None)
-    key = obj.pop("id", None)
-    alt = obj.pop("doc_id", None)
-    key = key if key is not None else alt
-    if not isinstance(text, str) or not text.strip():
-        return LoadFailure(str(key), "missing or empty 'text'")
-    if key is None:
-        return LoadFailure("<dict>", "a document needs an 'id' or 'doc_id'")
-    title = str(obj.pop("title", "") or "")
-    source_type = str(obj.pop("source_type", "jsonl"))
-    return Document(key=str(key), text=text, title=title, source=str(obj.pop("source", "")),
-                    source_type=source_type, metadata=obj)

@@ -8,18 +8,19 @@ from __future__ import annotations
 import codecs
 import errno
 import fnmatch
-import hashlib
 import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from mitsuke.indexer.documents import Document, LoadFailure, check_text, content_hash, document_from_mapping
+from mitsuke.indexer.decoding import BOMS, decode_bytes, normal_encoding_name
 from mitsuke.indexer.errors import LoadError
 
 __all__ = [
@@ -43,180 +44,6 @@ MARKDOWN_SUFFIXES = {".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES
-
-_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document to index. ``key`` identifies it across runs (DESIGN.md invariant 7)."""
-
-    key: str
-    text: str
-    title: str = ""
-    source: str = ""  # file path, or "<stdin>"
-    source_type: str = "text"  # text | markdown | html | jsonl
-    encoding: str = "utf-8"
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def content_hash(self) -> str:
-        return content_hash(self.text, self.title, self.metadata)
-
-
-@dataclass(frozen=True)
-class LoadFailure:
-    """An input that could not become a document, and why."""
-
-    path: str
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
-
-
-def content_hash(text: str, title: str = "", metadata: dict[str, Any] | None = None) -> str:
-    h = hashlib.sha256()
-    h.update(text.encode("utf-8", "surrogatepass"))
-    h.update(b"\0" + title.encode("utf-8", "surrogatepass"))
-    h.update(b"\0" + json.dumps(metadata or {}, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- decoding
-
-def _japanese_score(text: str) -> float:
-    """How much ``text`` looks like real Japanese (or ASCII), from 0 to 1.
-
-    Telling CP932 from EUC-JP: EUC-JP read as CP932 turns every kana into
-    pairs of half-width katakana (``の`` A4 CE → ``､ﾎ``); CP932 read as EUC-JP
-    fails outright on its kana (lead byte 0x82) or turns into runs of kanji
-    with no kana at all. Real text is rich in hiragana and punctuation, so
-    kana count fully, kanji partly and half-width katakana little.
-    """
-    if not text:
-        return 0.0
-    sample = text[:20000]
-    good = 0.0
-    for ch in sample:
-        o = ord(ch)
-        if 0x20 <= o < 0x7F or ch in "\t\n\r" or 0x3000 <= o <= 0x30FF or 0xFF01 <= o <= 0xFF5E:
-            good += 1
-        elif 0x4E00 <= o <= 0x9FFF:
-            good += 0.6
-        elif 0xFF61 <= o <= 0xFF9F:  # half-width katakana: legal, but the mark of a mis-decode
-            good += 0.25
-    return good / len(sample)
-
-
-def _normal_name(encoding: str) -> str:
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise LoadError("--encoding", f"unknown encoding {encoding!r}: use a Python codec name such as "
-                                      "utf-8, cp932, euc_jp or utf-16") from None
-
-
-def decode_bytes(data: bytes, path: str, encoding: str | None = None) -> tuple[str, str]:
-    """Decode ``data`` and return ``(text, encoding)``; raise ``LoadError`` naming ``path``.
-
-    Order: forced encoding, byte-order mark, NUL bytes (binary, unless the
-    whole thing is BOM-less UTF-16 Japanese), strict UTF-8, the more
-    Japanese-looking of strict CP932 / EUC-JP, then charset-normalizer's guess.
-
-    >>> decode_bytes("豊岡市の気候".encode("cp932"), "a.txt")
-    ('豊岡市の気候', 'cp932')
-    >>> decode_bytes("豊岡市の気候".encode("euc_jp"), "a.txt")
-    ('豊岡市の気候', 'euc_jp')
-    """
-    if encoding:
-        name = _normal_name(encoding)
-        try:
-            return data.decode(name), name
-        except UnicodeDecodeError as exc:
-            raise LoadError(path, f"cannot decode as {name}: {exc.reason} at byte {exc.start}") from None
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            try:
-                return data.decode(name), name
-            except UnicodeDecodeError as exc:
-                raise LoadError(path, f"has a {name} byte-order mark but does not decode: {exc.reason} "
-                                      f"at byte {exc.start}") from None
-    if b"\0" in data:
-        utf16 = _bomless_utf16(data)
-        if utf16 is not None:
-            return utf16
-        raise LoadError(path, "contains NUL bytes: a binary file (or UTF-16 without a byte-order mark: "
-                              "force it with --encoding utf-16-le)")
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
-    candidates: list[tuple[float, str, str]] = []
-    for name in ("cp932", "euc_jp"):
-        try:
-            text = data.decode(name)
-        except UnicodeDecodeError:
-            continue
-        candidates.append((_japanese_score(text), name, text))
-    if candidates:
-        score, name, text = max(candidates)
-        # A strict CP932/EUC-JP decode that reads like Japanese is trusted; a
-        # poor one is only kept if charset-normalizer has nothing better.
-        if score >= 0.3:
-            return text, name
-    from charset_normalizer import from_bytes
-
-    utf16 = _bomless_utf16(data)
-    if utf16 is not None:
-        return utf16
-    # Last resort for text in some other encoding; random high bytes also
-    # "decode" in single-byte code pages, so demand a recognisable language.
-    best = from_bytes(data).best()
-    if best is not None and best.encoding and best.chaos < 0.2 and best.coherence >= 0.1:
-        try:
-            name = codecs.lookup(best.encoding).name
-        except LookupError:
-            name = best.encoding
-        return str(best), name
-    if candidates:
-        score, name, text = max(candidates)
-        return text, name
-    raise LoadError(path, "undecodable bytes: not UTF-8, CP932 or EUC-JP (force an encoding with --encoding)")
-
-
-def _bomless_utf16(data: bytes) -> tuple[str, str] | None:
-    """UTF-16 text without a byte-order mark, recognised only when it reads as Japanese."""
-    if len(data) % 2:
-        return None
-    for name in ("utf-16-le", "utf-16-be"):
-        try:
-            text = data.decode(name)
-        except UnicodeDecodeError:
-            continue
-        # Random bytes read as UTF-16 land all over the code space (score ~0.2);
-        # Japanese lands on kana and kanji.
-        if "\0" not in text and _japanese_score(text) >= 0.7:
-            return text, name
-    return None
-
-
-def _check_text(text: str, path: str) -> None:
-    if not text.strip():
-        raise LoadError(path, "empty or whitespace-only document")
-    if "\0" in text:
-        raise LoadError(path, "contains NUL characters: a binary file, or the wrong encoding")
-    sample = text[:4096]
-    controls = sum(1 for c in sample if ord(c) < 32 and c not in "\t\n\r\f\v\x1b")
-    if controls > max(8, len(sample) // 100):
-        raise LoadError(path, "looks binary (many control characters)")
-
 
 # --------------------------------------------------------------------------- HTML
 
@@ -303,11 +130,13 @@ def _declared_charset(data: bytes) -> str | None:
 def documents_from_jsonl(
     lines: Iterable[bytes | str], source: str, encoding: str | None = None, key_prefix: str | None = None
 ) -> Iterator[Document | LoadFailure]:
-    """Documents from JSON Lines: ``text`` required, ``id``/``doc_id``, ``title``, rest metadata.
+    """Documents from JSON Lines, one object per line, by ``document_from_mapping``'s rule.
 
-    A line without ``id``/``doc_id`` is keyed ``<key_prefix>#<line number>``
-    (``key_prefix`` defaults to ``source``). Each bad line is one
-    ``LoadFailure`` naming ``source:line``; the others still load.
+    ``text`` required, ``id``/``doc_id`` the key, ``title``, ``source``,
+    ``source_type``, every other key metadata. A line without a usable
+    ``id``/``doc_id`` is keyed ``<key_prefix>#<line number>`` (``key_prefix``
+    defaults to ``source``). Each bad line is one ``LoadFailure`` naming
+    ``source:line``; the others still load.
     """
     prefix = source if key_prefix is None else key_prefix
     for lineno, raw in enumerate(lines, 1):
@@ -339,34 +168,8 @@ def documents_from_jsonl(
             yield LoadFailure(where, f"a JSONL document must be an object with a 'text' field, "
                                      f"got {type(obj).__name__}")
             continue
-        text = obj.pop("text", None)
-        if not isinstance(text, str):
-            yield LoadFailure(where, "missing or non-string 'text' field" if text is None
-                              else f"'text' must be a string, got {type(text).__name__}")
-            continue
-        key = obj.pop("id", None)
-        alt = obj.pop("doc_id", None)
-        key = key if key not in (None, "") else alt
-        if key in (None, ""):
-            key = f"{prefix}#{lineno}"
-        elif isinstance(key, (dict, list)):
-            yield LoadFailure(where, f"'id'/'doc_id' must be a string or a number, got {type(key).__name__}")
-            continue
-        title = obj.pop("title", "")
-        try:
-            _check_text(text, where)
-        except LoadError as exc:
-            yield LoadFailure(where, exc.reason)
-            continue
-        yield Document(
-            key=str(key),
-            text=text,
-            title=str(title) if title is not None else "",
-            source=source,
-            source_type="jsonl",
-            encoding=used,
-            metadata=obj,
-        )
+        yield document_from_mapping(obj, where=where, fallback_key=f"{prefix}#{lineno}", source=source,
+                                    encoding=used)
 
 
 # --------------------------------------------------------------------------- files
@@ -385,7 +188,7 @@ def _load_file(path: Path, key: str, encoding: str | None) -> Iterator[Document 
         return
     try:
         forced = encoding
-        if forced is None and suffix in HTML_SUFFIXES and not data.startswith(tuple(b for b, _ in _BOMS)):
+        if forced is None and suffix in HTML_SUFFIXES and not data.startswith(tuple(b for b, _ in BOMS)):
             declared = _declared_charset(data)
             if declared:
                 try:
@@ -397,13 +200,13 @@ def _load_file(path: Path, key: str, encoding: str | None) -> Iterator[Document 
         title = path.stem
         source_type = "text"
         if suffix in HTML_SUFFIXES:
-            _check_text(text, spath)  # binary masquerading as .html fails here, not as "empty"
+            check_text(text, spath)  # binary masquerading as .html fails here, not as "empty"
             text, html_title = html_to_text(text)
             title = html_title or title
             source_type = "html"
         elif suffix in MARKDOWN_SUFFIXES:
             source_type = "markdown"
-        _check_text(text, spath)
+        check_text(text, spath)
     except LoadError as exc:
         yield LoadFailure(spath, exc.reason)
         return
@@ -502,7 +305,7 @@ def iter_documents(
     ['豊岡市.md']
     """
     if encoding:
-        encoding = _normal_name(encoding)
+        encoding = normal_encoding_name(encoding)
     for item in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin):
         if isinstance(item, FileInput):
             yield from load_input(item, encoding)
@@ -528,7 +331,7 @@ def list_inputs(
     ['豊岡市.md']
     """
     if encoding:
-        encoding = _normal_name(encoding)
+        encoding = normal_encoding_name(encoding)
     for raw in paths:
         if str(raw) == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
@@ -548,7 +351,7 @@ def list_inputs(
 
 def load_input(item: FileInput, encoding: str | None = None) -> Iterator[Document | LoadFailure]:
     """The document(s) of one listed file (several for JSONL); problems become ``LoadFailure``."""
-    return _load_file(Path(item.path), item.key, _normal_name(encoding) if encoding else None)
+    return _load_file(Path(item.path), item.key, normal_encoding_name(encoding) if encoding else None)
 
 
 def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]

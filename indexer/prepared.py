@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from mitsuke.indexer.chunking import Chunk, Chunker
+from mitsuke.indexer.documents import Document
 from mitsuke.indexer.japanese import passage_terms
-from mitsuke.indexer.loaders import Document
 
 __all__ = ["PreparedDocument", "prepare_document", "embedding_input", "chunk_terms"]
 

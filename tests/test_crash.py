@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from corpus import SENTENCES
 from mitsuke.indexer import IndexBuilder
 from mitsuke.indexer.config import ChunkConfig
 from mitsuke.indexer.store import MetadataStore, chunks, documents
@@ -30,23 +31,11 @@ from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
 
-PHRASES = [
-    "東京は日本の首都であり、人口は約千四百万人である。",
-    "大阪は「天下の台所」と呼ばれ、『食い倒れ』の街として知られる。",
-    "更科蕎麦は蕎麦の実の中心部だけを挽いた白い蕎麦である。",
-    "ｶﾀｶﾅの半角文字と全角の１２３が混じった文も正しく扱う😀。",
-    "豊岡市の年間平均降雪量は３１２cmに達することがある。",
-    "「彼は『行く』と言った」と彼女は書いた。",
-    "電子基準点は国土地理院が全国に設置した連続観測点である。",
-    "清水建設は江戸時代に創業した日本の総合建設会社である。",
-]
-
-
 def write_corpus(src: Path, n: int, seed: int) -> None:
     rng = random.Random(seed)
     src.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        body = "".join(rng.choice(PHRASES) for _ in range(rng.randint(2, 6))) + f"第{i}番の記録。"
+        body = "".join(rng.choice(SENTENCES) for _ in range(rng.randint(2, 6))) + f"第{i}番の記録。"
         path = src / f"記録{i:03d}.txt"
         if i % 7 == 3:
             path.write_bytes(body.encode("cp932", errors="replace"))
@@ -250,7 +239,7 @@ def test_reader_searching_in_a_loop_during_adds_deletes_and_compactions(tmp_path
     rng = np.random.default_rng(3)
 
     def doc(i: int, version: int) -> dict:
-        body = "".join(PHRASES[j] for j in rng.integers(0, len(PHRASES), 1))
+        body = "".join(SENTENCES[j] for j in rng.integers(0, len(SENTENCES), 1))
         return {"id": f"文{i}", "text": f"文{i}版{version}：{body}"}
 
     with IndexBuilder.open(idx, model=str(tiny_model), embedder=tiny_embedder) as b:

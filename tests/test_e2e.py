@@ -7,18 +7,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mitsuke.indexer import IndexBuilder
+from corpus import DEMO_QUESTIONS, data_texts
 from mitsuke.cli import cli
+from mitsuke.indexer import IndexBuilder
 from mitsuke.search import Searcher
 
 
 def run(*args, input=None):
     result = CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
     return result
-
-
-def originals(data_dir):
-    return {p.name: p.read_text(encoding="utf-8") for p in data_dir.iterdir() if p.suffix in (".txt", ".md")}
 
 
 def test_lexical_cli_finds_the_document_a_question_is_about(tmp_path, data_dir):
@@ -34,22 +31,16 @@ def test_lexical_cli_finds_the_document_a_question_is_about(tmp_path, data_dir):
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert hits[0]["doc_key"] == "豊岡市.md"
     assert "312cm" in hits[0]["text"]
-    texts = originals(data_dir)
+    texts = data_texts()
     for h in hits:
         assert texts[h["doc_key"]][h["char_start"]:h["char_end"]] == h["text"]
         assert {"score", "title", "chunk_id", "metadata"} <= h.keys()
 
 
-@pytest.mark.parametrize("question, expected", [
-    ("清水建設の創業者は誰ですか", "清水建設.txt"),
-    ("ブッダガヤはどこの国にありますか", "ブッダガヤ.txt"),
-    ("享保の時代の江戸幕府将軍は誰", "享保.txt"),
-    ("電子基準点はどこが設置していますか", "電子基準点.txt"),
-])
-def test_lexical_questions_rank_their_document_first(tmp_path, data_dir, question, expected):
-    with IndexBuilder.open(tmp_path / "idx", model="none") as b:
-        b.add_paths([data_dir])
-    hits = Searcher.open(tmp_path / "idx").search(question, k=3)
+@pytest.mark.parametrize("question, expected", DEMO_QUESTIONS)
+def test_lexical_questions_rank_their_document_first(index_factory, data_dir, question, expected):
+    with Searcher.open(index_factory(paths=[data_dir])) as s:
+        hits = s.search(question, k=3)
     assert hits[0].doc_key == expected
 
 
@@ -78,7 +69,7 @@ def test_dense_cli_with_local_model_directory(tmp_path, data_dir, tiny_model):
     assert len(hits) == 5
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
-    texts = originals(data_dir)
+    texts = data_texts()
     for h in hits:
         assert texts[h["doc_key"]][h["char_start"]:h["char_end"]] == h["text"]
 

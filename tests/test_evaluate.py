@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corpus import EVAL_DOCS, write_jsonl
 from mitsuke.cli import cli
 from mitsuke.search.evaluate import EvalQuery, load_queries, normalize_answer, score_ranking
 from mitsuke.search.results import Passage
@@ -146,10 +147,7 @@ def test_bad_lines_are_counted_and_named_never_fatal(tmp_path):
 
 
 def _small_index(tmp_path) -> Path:
-    corpus = tmp_path / "corpus.jsonl"
-    docs = [{"doc_id": "梅雨", "title": "梅雨", "text": "梅雨は、北海道と小笠原諸島を除く日本で見られる雨季の一種である。"},
-            {"doc_id": "享保", "title": "享保", "text": "享保は日本の元号の一つ。将軍は徳川吉宗。"}]
-    corpus.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n", encoding="utf-8")
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", EVAL_DOCS)
     idx = tmp_path / "idx"
     assert run("index", corpus, "--index", idx, "--model", "none").exit_code == 0
     return idx
@@ -314,10 +312,7 @@ def test_eval_agrees_exactly_with_an_independent_scorer_of_search_json(tmp_path)
 
 
 def test_eval_runs_dense_and_hybrid_on_a_model_index_and_records_the_settings(tmp_path, tiny_model):
-    corpus = tmp_path / "corpus.jsonl"
-    docs = [{"doc_id": "梅雨", "text": "梅雨は、北海道と小笠原諸島を除く日本で見られる雨季の一種である。"},
-            {"doc_id": "享保", "text": "享保は日本の元号の一つ。将軍は徳川吉宗。「享保の改革」で知られる。"}]
-    corpus.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n", encoding="utf-8")
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", EVAL_DOCS)
     idx = tmp_path / "idx"
     assert run("index", corpus, "--index", idx, "--model", tiny_model, "--device", "cpu").exit_code == 0
     f = tmp_path / "q.jsonl"

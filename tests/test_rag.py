@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA, REPO
+from conftest import REPO
+from corpus import DATA, DEMO_QUESTIONS, HARD_QUESTIONS, data_texts
 from mitsuke.indexer import IndexBuilder
 from mitsuke.indexer.chunking import Chunker
 from mitsuke.indexer.config import ChunkConfig
@@ -21,16 +22,7 @@ from mitsuke.search.context import (
 )
 from mitsuke.search.extras import MissingExtraError
 
-QUESTIONS = [
-    "豊岡市の年間平均降雪量はどれくらい？",
-    "清水建設の創業者は誰ですか",
-    "ブッダガヤはどこの国にありますか",
-    "享保の時代の江戸幕府将軍は誰",
-    "電子基準点はどこが設置していますか",
-    "打楽器の種類",
-    "ｶﾀｶﾅの「空港」😀",
-    "１２３年",
-]
+QUESTIONS = [q for q, _ in DEMO_QUESTIONS] + HARD_QUESTIONS
 
 # A document with the awkward characters the loaders and chunker must keep exact: CP932 on disk,
 # half-width katakana, full-width digits, nested 「『』」, emoji, a very long sentence, blank lines.
@@ -40,36 +32,26 @@ AWKWARD = ("「彼は『ｶﾀｶﾅで書くな』と言った。」と母は�
            "（括弧の中に。句点がある）最後の文。空港のｶﾀｶﾅ。")
 
 
-def originals() -> dict[str, str]:
-    return {p.name: p.read_text(encoding="utf-8") for p in DATA.iterdir() if p.suffix in (".txt", ".md")}
-
-
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, index_factory):
     """A lexical index of data/ plus a CP932 file, chunked small with overlap so neighbours overlap."""
-    root = tmp_path_factory.mktemp("rag")
-    extra = root / "extra"
+    extra = tmp_path_factory.mktemp("rag") / "extra"
     extra.mkdir()
     (extra / "awkward.txt").write_bytes(AWKWARD.replace("😀", "").encode("cp932"))  # CP932 has no emoji
     (extra / "emoji.txt").write_text(AWKWARD, encoding="utf-8")
-    with IndexBuilder.open(root / "idx", model="none", chunking=ChunkConfig(max_chars=90, overlap=30)) as b:
-        b.add_paths([DATA])
-        b.add_paths([extra])
-    docs = originals()
+    path = index_factory(paths=[DATA, extra], chunking=ChunkConfig(max_chars=90, overlap=30))
+    docs = data_texts()
     docs["awkward.txt"] = (extra / "awkward.txt").read_bytes().decode("cp932")
     docs["emoji.txt"] = AWKWARD
-    searcher = Searcher.open(root / "idx")
+    searcher = Searcher.open(path)
     yield searcher, docs
     searcher.close()
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    """A lexical index of data/ with the default chunking (no overlap)."""
-    path = tmp_path_factory.mktemp("plain") / "idx"
-    with IndexBuilder.open(path, model="none") as b:
-        b.add_paths([DATA])
-    searcher = Searcher.open(path)
+def plain(index_factory):
+    """A lexical index of data/ with the default chunking (no overlap), shared: read only."""
+    searcher = Searcher.open(index_factory(paths=[DATA]))
     yield searcher
     searcher.close()
 
@@ -163,7 +145,7 @@ def test_without_neighbours_or_budget_the_context_is_the_search_result(plain):
 
 
 def test_budget_cuts_the_last_passage_at_a_sentence_end(plain):
-    docs = originals()
+    docs = data_texts()
     q = "豊岡市の年間平均降雪量はどれくらい？"
     full = plain.retrieve_context(q, k=5)
     i = next(i for i in range(1, len(full)) if len(full[i].text) > 60)
@@ -270,11 +252,8 @@ def test_importing_search_does_not_import_the_frameworks():
 
 # ---------------------------------------------------------------------- LangChain
 @pytest.fixture(scope="module")
-def dense(tmp_path_factory, tiny_embedder):
-    path = tmp_path_factory.mktemp("dense") / "idx"
-    with IndexBuilder.open(path, model="tiny", embedder=tiny_embedder) as b:
-        b.add_paths([DATA])
-    searcher = Searcher.open(path, embedder=tiny_embedder)
+def dense(index_factory, tiny_embedder):
+    searcher = Searcher.open(index_factory(paths=[DATA], model="tiny", embedder=tiny_embedder), embedder=tiny_embedder)
     yield searcher
     searcher.close()
 
@@ -298,7 +277,7 @@ def test_langchain_retriever_returns_search_order_with_citations(dense, mode):
         assert all(isinstance(d, Document) for d in docs)
         same_as_search(dense, q, 4, mode, [(d.page_content, d.metadata["doc_key"], d.metadata["char_start"],
                                             d.metadata["char_end"], d.metadata["score"]) for d in docs])
-        docs_text = originals()
+        docs_text = data_texts()
         for rank, d in enumerate(docs, 1):
             m = d.metadata
             assert docs_text[m["doc_key"]][m["char_start"]:m["char_end"]] == d.page_content
@@ -340,7 +319,7 @@ def test_llamaindex_retriever_returns_search_order_with_citations(dense, mode):
     from mitsuke.search.llamaindex import MitsukeRetriever
 
     retriever = MitsukeRetriever(dense, k=4, mode=mode)
-    docs_text = originals()
+    docs_text = data_texts()
     for q in QUESTIONS[:5]:
         nodes = retriever.retrieve(q)
         assert all(isinstance(n, NodeWithScore) and isinstance(n.node, TextNode) for n in nodes)

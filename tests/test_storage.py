@@ -15,26 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from corpus import SENTENCES
 from mitsuke.indexer import IndexBuilder
 from mitsuke.cli import cli
 from mitsuke.indexer.config import AnnConfig
+from mitsuke.indexer.documents import document_from_mapping
 from mitsuke.indexer.errors import LockedError
 from mitsuke.indexer.store import MetadataStore, chunks, deleted_chunks
 from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
-
-SENTENCES = [
-    "東京は日本の首都であり、人口は約千四百万人である。",
-    "大阪は「天下の台所」と呼ばれ、『食い倒れ』の街として知られる。",
-    "更科蕎麦は蕎麦の実の中心部だけを挽いた白い蕎麦である。",
-    "ｶﾀｶﾅの半角文字と全角の１２３が混じった文も正しく扱う😀。",
-    "豊岡市の年間平均降雪量は３１２cmに達することがある。",
-    "清水建設は江戸時代に創業した日本の総合建設会社である。",
-    "「彼は『行く』と言った」と彼女は書いた。",
-    "電子基準点は国土地理院が全国に設置したGNSS連続観測点である。",
-]
-
 
 def make_docs(n: int, seed: int = 0, prefix: str = "文書") -> list[dict]:
     rng = np.random.default_rng(seed)
@@ -200,8 +190,8 @@ def test_second_writer_is_refused_with_the_holders_pid_and_readers_see_the_last_
         with pytest.raises(LockedError, match=rf"pid {os.getpid()}\b"):
             IndexBuilder.open(idx, model=str(tiny_model), embedder=tiny_embedder)
         b.add_documents(make_docs(3, seed=9, prefix="新"))  # committed by add_documents
-        b._add_one(__import__("mitsuke.indexer.builder", fromlist=["_document_from_dict"])._document_from_dict(
-            {"id": "未確定", "text": "まだコミットされていない文書です。"}))  # pending, not committed
+        b._add_one(document_from_mapping({"id": "未確定", "text": "まだコミットされていない文書です。"},
+                                         where="未確定"))  # pending, not committed
         with Searcher.open(idx, embedder=tiny_embedder) as s:
             keys = {h.doc_key for h in s.search("補足 まだ", k=50, mode="lexical")}
             assert "新000" in keys and "未確定" not in keys

@@ -7,23 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import DATA
+from corpus import DATA, DEMO_QUESTIONS
 from mitsuke.indexer import IndexBuilder
 from mitsuke.search import Searcher
 
 THREADS = 8
-QUESTIONS = [
-    "豊岡市の年間平均降雪量はどれくらい？",
-    "清水建設の創業者は誰ですか",
-    "ブッダガヤはどこの国にありますか",
-    "享保の時代の江戸幕府将軍は誰",
-    "電子基準点はどこが設置していますか",
-    "打楽器の種類と「太鼓」",
-    "ｶﾀｶﾅの空港😀",
-    "１９９５年の出来事",
-    "核酸塩基の構造",
-    "天体暦とは何か",
-]
+QUESTIONS = [q for q, _ in DEMO_QUESTIONS] + ["打楽器の種類と「太鼓」", "ｶﾀｶﾅの空港😀", "１９９５年の出来事", "核酸塩基の構造",
+                                            "天体暦とは何か"]
 # (mode, where) pairs: every leg, fused, and a filter (exact-scan path).
 REQUESTS = [("lexical", None), ("dense", None), ("hybrid", None), ("dense", {"doc_key": "豊*"})]
 
@@ -45,11 +35,8 @@ def run_threads(n: int, work) -> list:
 
 
 @pytest.fixture(scope="module")
-def dense_index(tmp_path_factory, tiny_embedder):
-    path = tmp_path_factory.mktemp("threads") / "idx"
-    with IndexBuilder.open(path, model="tiny", embedder=tiny_embedder) as b:
-        b.add_paths([DATA])
-    return path
+def dense_index(index_factory, tiny_embedder):
+    return index_factory(paths=[DATA], model="tiny", embedder=tiny_embedder)
 
 
 def test_concurrent_queries_equal_single_threaded_answers(dense_index, tiny_embedder):

@@ -26,7 +26,8 @@ import numpy as np
 
 from mitsuke.indexer.chunking import Chunker
 from mitsuke.indexer.config import ChunkConfig
-from mitsuke.indexer.loaders import Document, FileInput, LoadFailure, load_input
+from mitsuke.indexer.documents import Document, LoadFailure
+from mitsuke.indexer.loaders import FileInput, load_input
 from mitsuke.indexer.prepared import PreparedDocument, prepare_document
 
 __all__ = ["prepare_batch", "EmbedWorker", "OUTPUT_COLUMNS"]

@@ -1,0 +1,67 @@
+"""The ``mitsuke`` command: index, search, info, eval, chunk.
+
+The CLI sits above both sides of the library and imports downward only:
+``mitsuke.cli.index`` (``index``, ``chunk``) uses the write side
+(``mitsuke.indexer``), ``mitsuke.cli.search``, ``.info`` and ``.evaluate`` the
+read side (``mitsuke.search``); neither side imports the CLI. Each command
+module defines plain ``click`` commands; this module owns the group, logging
+and the one place a ``MitsukeError`` becomes a one-line message. Heavy imports
+(torch, FAISS, SQLAlchemy) happen inside the commands, so ``mitsuke --help``
+stays fast.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from mitsuke import __version__
+from mitsuke.cli import evaluate, index, info, search
+from mitsuke.cli.options import CONTEXT
+from mitsuke.indexer.errors import MitsukeError
+
+__all__ = ["main", "cli"]
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mitsuke: %(message)s"))
+    logger = logging.getLogger("mitsuke")
+    logger.handlers = [h for h in logger.handlers if isinstance(h, logging.NullHandler)] + [handler]
+    logger.setLevel(level)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MitsukeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="mitsuke")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """mitsuke (見付け): Japanese-first semantic search.
+
+    \b
+    Examples:
+      mitsuke index data/ --index idx --model none      # lexical-only, no model needed
+      mitsuke index data/ --index idx --model ./my-model
+      mitsuke search "豊岡市の気候は?" --index idx -k 5
+      mitsuke info --index idx
+    """
+    _setup_logging(verbose)
+
+
+for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd):
+    cli.add_command(_command)
+del _command
+
+
+def main() -> None:
+    """Entry point of the ``mitsuke`` console script."""
+    cli(prog_name="mitsuke")

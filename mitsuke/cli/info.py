@@ -1,0 +1,43 @@
+"""``mitsuke info``: what an index holds."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from mitsuke.cli.options import CONTEXT, index_option, json_option
+
+__all__ = ["info"]
+
+
+@click.command(context_settings=CONTEXT)
+@index_option
+@json_option
+def info(index_dir, as_json):
+    """Describe an index: counts, model, ANN parameters, generation, file sizes.
+
+    \b
+    Example:
+      mitsuke info --index idx --json
+    """
+    from mitsuke.search.searcher import Searcher
+
+    with Searcher.open(index_dir) as s:
+        data = s.info()
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=1))
+        return
+    model = data["model"]["name"] if data["model"] else "none (lexical-only)"
+    ann = data["ann"] or {}
+    click.echo(f"index       {data['path']}")
+    click.echo(f"documents   {data['documents']}")
+    click.echo(f"chunks      {data['chunks']}")
+    click.echo(f"model       {model}" + (f" (dim {data['dim']})" if data["dim"] else ""))
+    if ann:
+        params = ", ".join(f"{k} {v}" for k, v in ann.items() if k not in ("dim", "metric") and v)
+        click.echo(f"ann         {params}")
+    click.echo(f"generation  {data['generation']}")
+    for name, size in data["files"].items():
+        click.echo(f"  {name:<18}{size:>12,} bytes")
+
+

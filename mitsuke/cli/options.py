@@ -1,0 +1,16 @@
+"""Options and settings shared by the ``mitsuke`` commands."""
+from __future__ import annotations
+
+import click
+
+__all__ = ["CONTEXT", "index_option", "json_option", "mode_option"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+index_option = click.option(
+    "--index", "index_dir", required=True, envvar="MITSUKE_INDEX", type=click.Path(file_okay=False),
+    help="Index directory (env: MITSUKE_INDEX).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines instead of text.")
+mode_option = click.option(
+    "--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default=None,
+    help="hybrid (dense + BM25, default when the index has a model), dense, or lexical (default for --model none).")
