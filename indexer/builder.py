@@ -307,6 +307,10 @@ class IndexBuilder:
         self.flush()
         return self.summary
 
+    def known_hashes(self) -> dict[str, str]:
+        """``{key: content_hash}`` of the committed documents (what a distributed run skips early)."""
+        return {key: digest for key, (_, digest) in self._known.items()}
+
     def _admit(self, doc: Document | PreparedDocument) -> Document | PreparedDocument | None:
         """``doc`` if it needs indexing; ``None`` for a duplicate key (a failure) or an unchanged document."""
         if doc.key in self._seen:

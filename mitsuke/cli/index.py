@@ -37,9 +37,14 @@ __all__ = ["index", "chunk"]
 @click.option("--dtype", default="auto", show_default=True,
               help="Embedding dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Index on Ray (pip install 'mitsuke[ray]'): alone, a local cluster on 127.0.0.1 using all GPUs "
+                   "or CPUs; with host:port, join that cluster. Put it after the paths, or write --ray=ADDRESS.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: embedding actors (default: one per GPU, else one CPU actor).")
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
+          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, ray_address, actors, as_json):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -50,6 +55,8 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
       mitsuke index data/ --index idx --model none
       mitsuke index docs/ notes.md --index idx --model ./sarashina --dtype bfloat16
       cat dump.jsonl | mitsuke index - --index idx --model none --json
+      mitsuke index corpus/ --index idx --model ./sarashina --ray          # every GPU of this machine
+      mitsuke index corpus/ --index idx --ray=10.0.0.5:6379 --actors 16    # join a Ray cluster
     """
     from mitsuke.indexer.builder import IndexBuilder
     from mitsuke.indexer.config import AnnConfig, ChunkConfig, EmbedConfig
@@ -62,12 +69,19 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
                                    overlap=overlap if overlap is not None else base.overlap)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-    embed = EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if actors is not None and ray_address is None:
+        raise click.UsageError("--actors sets the size of the Ray actor pool: add --ray")
+    # With --ray the driver only describes the model (and counts nothing): its copy stays off the GPUs.
+    embed = EmbedConfig(device="cpu" if ray_address else device, dtype="float32" if ray_address else dtype,
+                        trust_remote_code=trust_remote_code)
     started = time.monotonic()
     ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
                                 batch_docs=batch_docs, compact_min_rows=compact_min_rows)
-    if builder.embedder is not None and not as_json:
+    if ray_address and not as_json:
+        click.echo(f"indexing on Ray ({'a local cluster on 127.0.0.1' if ray_address == 'local' else ray_address})",
+                   err=True)
+    elif builder.embedder is not None and not as_json:
         e = builder.embedder
         attn = getattr(e.model.config, "_attn_implementation", None) or "default"
         click.echo(f"embedding with {e.info.name} on {e.device} ({e.dtype_name}, {attn} attention, "
@@ -77,11 +91,21 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
         def on_progress(kind: str, n: int) -> None:
             if kind == "tokens":
                 bar.set_postfix_str(f"{_tokens(bar, n)} tokens", refresh=False)
-            else:
+            elif kind == "total":  # a Ray run counts inputs against a known total (tqdm shows the ETA)
+                bar.total, bar.unit, bar.counts_inputs = n, "input", True
+                bar.refresh()
+            elif (kind == "inputs") == getattr(bar, "counts_inputs", False):
                 bar.update(n)
         builder.on_progress = on_progress
     with builder:
-        builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding)
+        if ray_address:
+            from mitsuke.indexer.distributed import index_with_ray
+
+            index_with_ray(builder, paths, address=None if ray_address == "local" else ray_address, actors=actors,
+                           include=include, exclude=exclude, encoding=encoding, device=device, dtype=dtype,
+                           trust_remote_code=trust_remote_code)
+        else:
+            builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding)
         if prune:
             builder.prune()
     if bar is not None:

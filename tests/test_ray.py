@@ -1,0 +1,217 @@
+"""Distributed indexing on a real local Ray cluster (CPU actors, the tiny model), bound to 127.0.0.1.
+
+One session-scoped cluster (2 CPUs) serves every test here and starts only
+when one of them runs. The Ray path must build what a single-process run
+builds (documents, chunks, offsets, vectors, search results), skip unchanged
+documents before they are embedded, survive a SIGKILLed driver without
+re-embedding what was committed, and listen on nothing but loopback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="needs mitsuke[ray]")
+
+from sqlalchemy import select  # noqa: E402
+
+from corpus import DATA, SENTENCES  # noqa: E402
+from mitsuke.indexer import IndexBuilder  # noqa: E402
+from mitsuke.indexer.config import ChunkConfig, EmbedConfig  # noqa: E402
+from mitsuke.indexer.distributed import index_with_ray  # noqa: E402
+from mitsuke.indexer.distributed.cluster import connect, is_loopback, listening_sockets, process_tree  # noqa: E402
+from mitsuke.indexer.store import MetadataStore, chunks, documents  # noqa: E402
+from mitsuke.search import Searcher  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CHUNKING = ChunkConfig(max_tokens=48, max_chars=80)
+QUERIES = ["豊岡市の年間平均降雪量はどれくらい？", "清水建設の創業者は誰ですか", "ｶﾀｶﾅの「空港」😀", "更科蕎麦"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One local Ray cluster for the session: 2 CPUs, loopback only; workers log embeddings to a file."""
+    log = tmp_path_factory.mktemp("ray") / "embedded.log"
+    os.environ["MITSUKE_TEST_EMBED_LOG"] = str(log)  # inherited by the cluster's workers
+    try:
+        connect(None, num_cpus=2)
+    finally:
+        del os.environ["MITSUKE_TEST_EMBED_LOG"]
+    yield {"address": ray.get_runtime_context().gcs_address, "embed_log": log}
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """data/ plus JSONL documents (metadata, an id-less line, a bad line), a CP932 file and an empty JSONL."""
+    root = tmp_path_factory.mktemp("ray-corpus")
+    for p in DATA.iterdir():
+        if p.suffix in (".txt", ".md"):
+            shutil.copy(p, root / p.name)
+    lines = [json.dumps({"id": f"jsonl-{i}", "title": f"記録{i}", "text": "".join(SENTENCES[i:i + 4]) * 2,
+                         "lang": "ja", "n": i}, ensure_ascii=False) for i in range(5)]
+    lines.insert(2, json.dumps({"text": "「彼は『行く』と言った」😀ｶﾀｶﾅ"}, ensure_ascii=False))
+    lines.insert(4, "{not json")
+    (root / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "empty.jsonl").write_text("", encoding="utf-8")
+    (root / "シフトJIS.txt").write_bytes(("ｶﾀｶﾅと全角１２３。" + SENTENCES[1] * 3).encode("cp932"))
+    return root
+
+
+def build_single(corpus: Path, dest: Path, model: Path):
+    with IndexBuilder.open(dest, model=str(model), chunking=CHUNKING, embed=EmbedConfig(device="cpu")) as b:
+        b.add_paths([corpus])
+    return b.summary
+
+
+@pytest.fixture(scope="module")
+def single_index(corpus, tiny_model, tmp_path_factory) -> tuple[Path, dict]:
+    dest = tmp_path_factory.mktemp("single") / "idx"
+    return dest, build_single(corpus, dest, tiny_model).to_dict()
+
+
+def contents(idx: Path) -> tuple[list, list, dict[int, int]]:
+    """Documents, chunks (with ids and offsets) and chunk id -> vector row, as stored."""
+    store = MetadataStore(idx / "meta.sqlite", readonly=True)
+    try:
+        with store.engine.connect() as conn:
+            docs = [tuple(r) for r in conn.execute(select(
+                documents.c.id, documents.c.key, documents.c.content_hash, documents.c.title, documents.c.source_type,
+                documents.c.encoding, documents.c.meta, documents.c.n_chars).order_by(documents.c.id))]
+            rows = conn.execute(select(chunks.c.id, chunks.c.doc_id, chunks.c.chunk_index, chunks.c.char_start,
+                                       chunks.c.char_end, chunks.c.text, chunks.c.token_count, chunks.c.headings,
+                                       chunks.c.vector_row).order_by(chunks.c.id)).all()
+    finally:
+        store.close()
+    return docs, [tuple(r[:-1]) for r in rows], {r[0]: r[-1] for r in rows}
+
+
+def vectors(idx: Path, dim: int) -> np.ndarray:
+    return np.fromfile(idx / "vectors.f16", dtype=np.float16).reshape(-1, dim).astype(np.float32)
+
+
+def search_results(idx: Path, embedder) -> list:
+    out = []
+    with Searcher.open(idx, embedder=embedder) as s:
+        for q in QUERIES:
+            for mode in ("dense", "lexical", "hybrid"):
+                out.append([(h.doc_key, h.char_start, h.char_end, round(h.score, 4))
+                            for h in s.search(q, k=5, mode=mode)])
+    return out
+
+
+def embedded_lines(log: Path, since: int = 0) -> tuple[list[tuple[str, str]], int]:
+    data = log.read_bytes() if log.exists() else b""
+    return [tuple(x.split("\t")) for x in data[since:].decode().splitlines() if x], len(data)
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_index, tiny_model, tiny_embedder,
+                                                 tmp_path):
+    single, single_summary = single_index
+    events: Counter = Counter()
+    sockets: list = []
+
+    def on_progress(kind: str, n: int) -> None:
+        events[kind] += n
+        if kind == "tokens" and not sockets:  # mid-run: the actors and tasks are alive now
+            sockets.extend(listening_sockets(process_tree(os.getpid())))
+
+    idx = tmp_path / "ray"
+    with IndexBuilder.open(idx, model=str(tiny_model), chunking=CHUNKING, embed=EmbedConfig(device="cpu")) as b:
+        b.on_progress = on_progress
+        summary = index_with_ray(b, [corpus], actors=1).to_dict()
+
+    for key in ("added", "updated", "unchanged", "deleted", "chunks_embedded"):
+        assert summary[key] == single_summary[key], key
+    assert summary["failed"] == single_summary["failed"] and len(summary["failed"]) == 1  # the bad JSONL line
+    docs_s, chunks_s, rows_s = contents(single)
+    docs_r, chunks_r, rows_r = contents(idx)
+    assert docs_r == docs_s and len(docs_r) == summary["added"]
+    assert chunks_r == chunks_s and len(chunks_r) == summary["chunks_embedded"] > len(docs_r)
+    dim = tiny_embedder.dim
+    vs, vr = vectors(single, dim), vectors(idx, dim)
+    ids = sorted(rows_s)
+    diff = np.abs(vs[[rows_s[i] for i in ids]] - vr[[rows_r[i] for i in ids]]).max()
+    assert diff <= 1e-5, f"vectors differ by {diff}"
+    assert search_results(idx, tiny_embedder) == search_results(single, tiny_embedder)
+
+    n_inputs = len([p for p in corpus.iterdir()])
+    assert events["total"] == events["inputs"] == n_inputs
+    assert events["tokens"] > 0 and events["documents"] == summary["added"]
+    # Nothing of the cluster (driver, GCS, raylet, workers, actors) listens outside loopback.
+    assert sockets, "no listening socket seen: the check would prove nothing"
+    outside = [s for s in sockets if not is_loopback(s[1])]
+    assert not outside, f"Ray listens outside 127.0.0.1: {outside}"
+
+
+def test_unchanged_documents_are_not_sent_to_the_embedders(ray_cluster, corpus, tiny_model, tmp_path):
+    idx = tmp_path / "idx"
+    build_single(corpus, idx, tiny_model)
+    log = ray_cluster["embed_log"]
+    _, offset = embedded_lines(log)
+    with IndexBuilder.open(idx, model=str(tiny_model), embed=EmbedConfig(device="cpu")) as b:
+        summary = index_with_ray(b, [corpus])
+    assert (summary.added, summary.updated, summary.chunks_embedded) == (0, 0, 0)
+    assert summary.unchanged == len(contents(idx)[0])
+    assert embedded_lines(log, offset)[0] == []  # no worker embedded anything
+
+    changed = corpus / "changed"
+    changed.mkdir()
+    shutil.copy(corpus / "空港.txt", changed / "空港.txt")
+    (changed / "享保.txt").write_text("享保は日本の元号の一つ。「享保の改革」😀ｶﾀｶﾅ。", encoding="utf-8")
+    try:
+        with IndexBuilder.open(idx, model=str(tiny_model), embed=EmbedConfig(device="cpu")) as b:
+            before = b.known_hashes()
+            summary = index_with_ray(b, [changed])
+        # Keys under a directory are relative to it: both files replace the top-level documents
+        # of the same name; only the edited one is new content.
+        assert (summary.updated, summary.unchanged) == (1, 1)
+        sent, _ = embedded_lines(log, offset)
+        assert [k for k, _ in sent] == ["享保.txt"] and sent[0][1] != before["享保.txt"]
+    finally:
+        shutil.rmtree(changed)
+
+
+def run_driver(corpus: Path, idx: Path, model: Path, address: str, log: Path, kill_at: str | None):
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", MITSUKE_TEST_EMBED_LOG=str(log))
+    env.pop("MITSUKE_TEST_KILL_AT", None)
+    if kill_at:
+        env["MITSUKE_TEST_KILL_AT"] = kill_at
+    cmd = [sys.executable, "-m", "mitsuke.cli", "index", str(corpus), "--index", str(idx), "--model", str(model),
+           "--max-tokens", str(CHUNKING.max_tokens), "--batch-docs", "3", "--json", f"--ray={address}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, cwd=REPO, timeout=300)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode(errors="replace")
+
+
+def test_killed_driver_leaves_an_index_and_the_rerun_embeds_nothing_committed(
+        ray_cluster, corpus, single_index, tiny_model, tiny_embedder, tmp_path):
+    idx, log = tmp_path / "idx", tmp_path / "embedded.log"
+    code, _, err = run_driver(corpus, idx, tiny_model, ray_cluster["address"], log, kill_at="after_commit:2")
+    assert code == -signal.SIGKILL, err[-3000:]
+    docs, _, _ = contents(idx)
+    committed = {(key, digest) for _, key, digest, *_ in docs}
+    assert len(committed) == 6  # two commits of three documents
+    with Searcher.open(idx, embedder=tiny_embedder) as s:  # the index opens and answers
+        assert s.search("清水建設", k=3, mode="hybrid")
+    _, offset = embedded_lines(log)
+
+    code, out, err = run_driver(corpus, idx, tiny_model, ray_cluster["address"], log, kill_at=None)
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["unchanged"] == len(committed)
+    again, _ = embedded_lines(log, offset)
+    assert again and not committed & set(again), "a committed document was embedded again"
+    single, _ = single_index
+    assert contents(idx)[:2] == contents(single)[:2]
