@@ -104,7 +104,7 @@ def search_results(idx: Path, embedder) -> list:
     with Searcher.open(idx, embedder=embedder) as s:
         for q in QUERIES:
             for mode in ("dense", "lexical", "hybrid"):
-                out.append([(h.doc_key, h.char_start, h.char_end, round(h.score, 4))
+                out.append([(h.doc_key, h.char_start, h.char_end, h.score)
                             for h in s.search(q, k=5, mode=mode)])
     return out
 
@@ -114,6 +114,13 @@ def embedded_lines(log: Path, since: int = 0) -> tuple[list[tuple[str, str]], in
     return [tuple(x.split("\t")) for x in data[since:].decode().splitlines() if x], len(data)
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 # --------------------------------------------------------------------------- tests
 
 def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_index, tiny_model, tiny_embedder,
@@ -121,16 +128,23 @@ def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_ind
     single, single_summary = single_index
     events: Counter = Counter()
     sockets: list = []
+    killed: list[int] = []
 
     def on_progress(kind: str, n: int) -> None:
         events[kind] += n
         if kind == "tokens" and not sockets:  # mid-run: the actors and tasks are alive now
-            sockets.extend(listening_sockets(process_tree(os.getpid())))
+            tree = process_tree(os.getpid())
+            sockets.extend(listening_sockets(tree))
+            # A worker dies: Ray restarts the embedding actor and retries its batch.
+            killed.extend(pid for pid in tree if b"EmbedWorker" in _cmdline(pid))
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
 
     idx = tmp_path / "ray"
     with IndexBuilder.open(idx, model=str(tiny_model), chunking=CHUNKING, embed=EmbedConfig(device="cpu")) as b:
         b.on_progress = on_progress
-        summary = index_with_ray(b, [corpus], actors=1).to_dict()
+        summary = index_with_ray(b, [corpus], actors=1, docs_per_batch=4).to_dict()
+    assert len(killed) == 1, "the embedding actor was not found: the retry was not tested"
 
     for key in ("added", "updated", "unchanged", "deleted", "chunks_embedded"):
         assert summary[key] == single_summary[key], key
@@ -142,9 +156,15 @@ def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_ind
     dim = tiny_embedder.dim
     vs, vr = vectors(single, dim), vectors(idx, dim)
     ids = sorted(rows_s)
-    diff = np.abs(vs[[rows_s[i] for i in ids]] - vr[[rows_r[i] for i in ids]]).max()
-    assert diff <= 1e-5, f"vectors differ by {diff}"
-    assert search_results(idx, tiny_embedder) == search_results(single, tiny_embedder)
+    a, r = vs[[rows_s[i] for i in ids]], vr[[rows_r[i] for i in ids]]
+    # vectors.f16 stores float16: the float32 vectors agree to ~1e-7 (batches of other widths sum in
+    # another order), which can flip a rounding by one float16 step and no more.
+    step = np.spacing(np.maximum(np.abs(a), np.abs(r)).astype(np.float16)).astype(np.float32)
+    assert (np.abs(a - r) <= step).all(), f"vectors differ by up to {np.abs(a - r).max()}"
+    assert (a != r).mean() < 0.01
+    got, want = search_results(idx, tiny_embedder), search_results(single, tiny_embedder)
+    assert [[h[:3] for h in hits] for hits in got] == [[h[:3] for h in hits] for hits in want]
+    assert np.allclose([h[3] for hits in got for h in hits], [h[3] for hits in want for h in hits], atol=2e-3)
 
     n_inputs = len([p for p in corpus.iterdir()])
     assert events["total"] == events["inputs"] == n_inputs

@@ -12,6 +12,10 @@
    them through :meth:`IndexBuilder.add_prepared`: the same transactions,
    the same crash safety, the same chunk ids as a single-process run. A
    killed driver leaves the last commit; the re-run skips what it holds.
+
+Failures of the cluster are Ray's to repair: a task whose worker dies is
+retried (Ray's default, 3 times), and Ray Data restarts a dead embedding
+actor and retries its batch (``max_restarts=-1``, ``max_task_retries=-1``).
 """
 from __future__ import annotations
 
@@ -118,7 +122,10 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
     blocks = max(1, math.ceil(len(items) / max(1, inputs_per_task)))
     ds = ray.data.from_items([{"seq": i, "item": raw} for i, raw in enumerate(items)], override_num_blocks=blocks)
     ds = ds.map_batches(
-        prepare_batch, batch_format="numpy", batch_size=inputs_per_task, num_cpus=1, max_retries=3,
+        # Tasks spread over the cluster's nodes; a remote-args function also keeps Ray Data from fusing
+        # this CPU work into the embedding actors, where it would hold the GPUs idle.
+        prepare_batch, batch_format="numpy", batch_size=inputs_per_task, num_cpus=1,
+        ray_remote_args_fn=_spread,
         fn_kwargs={"known": [known], "model_source": source, "revision": revision,
                    "chunking": dict(builder.chunk_config.__dict__), "encoding": encoding,
                    "embed": embedder is not None})
@@ -140,10 +147,15 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
         actor_device = "cpu"
     log.info("embedding on %d %s actor(s) of the cluster (%s)", pool, "GPU" if gpus else "CPU", resources)
     return ds.map_batches(
-        EmbedWorker, batch_format="numpy", batch_size=docs_per_batch, concurrency=pool, **per_actor,
+        EmbedWorker, batch_format="numpy", batch_size=docs_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=pool), **per_actor,
         fn_constructor_kwargs={"source": source, "revision": revision, "device": actor_device, "dtype": dtype,
                                "max_length": embedder.info.max_length, "batch_tokens": embedder.batch_tokens,
                                "trust_remote_code": trust_remote_code, "threads": threads})
+
+
+def _spread() -> dict[str, Any]:
+    return {"scheduling_strategy": "SPREAD"}
 
 
 def _rows(ds: Any, total: int, on_progress: Callable[[str, int], None] | None
