@@ -1,6 +1,6 @@
 """Cost of answering a filter by exact scan: float16 rows from the memmap, float32 query.
 
-Decides ``search.searcher.EXACT_SCAN_ELEMENTS`` (above it, the IVF index with an
+Decides ``search.dense.EXACT_SCAN_ELEMENTS`` (above it, the IVF index with an
 IDSelector answers). Random normalised 1792-d vectors (sarashina's width) in a
 temporary ``vectors.f16``; median of 7 single-query scans, k = 10.
 

@@ -65,7 +65,7 @@ def main() -> None:
             vs.append(vecs, row)
             t_vec += time.perf_counter() - t
             t = time.perf_counter()
-            with store.engine.begin() as conn:
+            with store.begin() as conn:
                 rows = []
                 for j, i in enumerate(batch):
                     if j % args.chunks_per_doc == 0:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mitsuke.indexer.manifest import fault_point, fsync_dir
+from mitsuke.indexer.config import AnnConfig
+from mitsuke.indexer.durable import atomic_write, fault_point
 
 __all__ = [
     "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_nlist", "gpu_cloner_settings", "gpu_count",
@@ -34,10 +35,8 @@ GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 # Shared memory per block on the cards FAISS targets; float32 lookup tables
 # bigger than this (m × 256 × 4 bytes, i.e. m > 48) need float16 tables.
 GPU_SHARED_MEM = 48 * 1024
-# Below this many vectors exact search is used: it needs no training, and a
-# scan of 50k × 1792 floats (~0.35 GB) is still tens of milliseconds on a CPU,
-# while IVF-PQ training on so few points costs more than it would ever save.
-FLAT_THRESHOLD = 50_000
+# Below this many vectors exact search is used (decided, with the reason, in config.AnnConfig).
+FLAT_THRESHOLD = AnnConfig.flat_threshold
 # FAISS k-means warns under 39 training points per centroid: fewer give
 # centroids that are mostly noise.
 MIN_POINTS_PER_CENTROID = 39
@@ -293,11 +292,26 @@ class AnnIndex:
         return AnnIndex(index, self.params)
 
     # ------------------------------------------------------------------ searching
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def copy(self) -> "AnnIndex":
+        """An independent copy (same parameters, codebooks and vectors) to change while this one is searched.
+
+        FAISS allows concurrent searches but not a search during add/remove
+        (ids come back mismatched): a reader catches up a copy and swaps it in.
+        """
+        return AnnIndex(_faiss().clone_index(self.index), self.params)
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the ``k`` best vectors per query; ids are -1 where fewer exist.
+
+        ``allowed_ids``: search only these ids (a FAISS IDSelector, on the CPU index).
+        """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0 or k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         k = min(k, self.ntotal)
+        if allowed_ids is not None:
+            return self._search_selected(q, k, nprobe, allowed_ids)
         if self._gpu is None and gpu_count():
             self._gpu = self._to_gpu(self.index)
         index = self._gpu if self._gpu is not None else self.index
@@ -310,17 +324,27 @@ class AnnIndex:
             return index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=probe))
         return index.search(q, k)
 
+    def _search_selected(self, q: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+        # The selector must outlive the search: FAISS keeps only a raw pointer to it.
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+        if self.params.kind == "ivfpq":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or self.params.nprobe))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        scores, ids = self.index.search(q, k, params=params)
+        del sel
+        return scores, ids
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
         """Write the CPU index atomically: temp file, fsync, replace (invariant 4)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        _faiss().write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        fault_point("ann_written")  # a kill here leaves a temp file and the old ann.faiss
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        def write(tmp: Path) -> None:
+            _faiss().write_index(self.index, str(tmp))
+            fault_point("ann_written")  # a kill here leaves a temp file and the old ann.faiss
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path, params: AnnParams) -> "AnnIndex":

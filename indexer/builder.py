@@ -31,20 +31,21 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnIndex, AnnParams, choose_params
+from mitsuke.indexer.ann import AnnIndex
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
-from mitsuke.indexer.errors import IndexFormatError, MitsukeError, ModelMismatchError
 from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
+from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
+from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
+from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
 from mitsuke.indexer.loaders import iter_documents
-from mitsuke.indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
 from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
@@ -56,10 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["IndexBuilder", "IndexSummary", "embedding_input", "record_embedding"]
 
 log = logging.getLogger("mitsuke")
-
-ANN_FILE = "ann.faiss"
-META_FILE = "meta.sqlite"
-VECTORS_FILE = "vectors.f16"
 
 
 @dataclass
@@ -96,19 +93,19 @@ class IndexBuilder:
     ...     b.add_paths(["data/"])
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embedder: Embedder | None, lock: WriterLock, *,
+    def __init__(self, path: Path, manifest: Manifest, embedder: Embedder | None, lock: WriterLock, *,
                  batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0,
                  compact_ratio: float = 0.25, compact_min_rows: int = 1024) -> None:
         self.path = path
+        self.paths = IndexPaths(path)
         self.manifest = manifest
         self.embedder = embedder
         self._lock = lock
-        self.chunk_config = ChunkConfig(**manifest["chunking"])
-        self.ann_config = AnnConfig(**manifest["ann_config"])
+        self.chunk_config = manifest.chunking
         self.chunker = Chunker(self.chunk_config, embedder.count_tokens if embedder else None)
-        self.store = MetadataStore(path / META_FILE)
-        self.dim = int(manifest["model"]["dim"]) if manifest.get("model") else 0
-        self.vectors = VectorStore(path / VECTORS_FILE, self.dim) if self.dim else None
+        self.store = MetadataStore(self.paths.meta)
+        self.dim = manifest.dim
+        self.vectors = VectorStore(self.paths.vectors, self.dim) if self.dim else None
         self.batch_docs = batch_docs
         self.batch_chunks = batch_chunks
         self.ann_save_seconds = ann_save_seconds
@@ -124,7 +121,7 @@ class IndexBuilder:
         self._seen: set[str] = set()
         self._started = time.monotonic()
         self._closed = False
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self._known = self.store.document_hashes(conn)
             self.generation = self.store.generation(conn)
             committed_rows = self.store.vector_rows(conn)
@@ -160,80 +157,66 @@ class IndexBuilder:
         new index). An existing index refuses another model.
         """
         path = Path(path)
+        paths = IndexPaths(path)
         path.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(path)
+        lock = WriterLock(paths.lock)
         lock.acquire()
         try:
-            manifest = read_manifest(path)
-            if manifest is None and (path / META_FILE).exists():
-                raise IndexFormatError(f"{path} has {META_FILE} but no manifest.json: not a complete mitsuke index")
+            manifest = Manifest.read(path)
+            if manifest is None and paths.meta.exists():
+                raise IndexFormatError(f"{path} has {META_FILE} but no {MANIFEST_FILE}: not a complete mitsuke index")
             embed = embed or EmbedConfig()
-            wanted = model if model is not None else (
-                (manifest["model"]["name"] if manifest.get("model") else "none") if manifest else DEFAULT_MODEL)
+            wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
             if embedder is not None and model is None:
                 wanted = embedder.info.name  # a ready embedder names its own model
             lexical_only = str(wanted).lower() == "none"
             if manifest is not None:
-                have = manifest["model"]["name"] if manifest.get("model") else "none"
-                if str(have) != str(wanted) or (embedder is not None and manifest.get("model")
-                                                and str(embedder.info.name) != str(have)):
-                    raise ModelMismatchError(
-                        f"index {path} was built with model {have!r}, not {wanted!r}; "
-                        "use the same model, or build a new index in another directory"
-                    )
-                analysis = manifest.get("lexical_analysis", LEXICAL_ANALYSIS_VERSION)
-                if analysis != LEXICAL_ANALYSIS_VERSION:
+                manifest.check_model(path, model=model, embedder=embedder, writing=True)
+                if manifest.lexical_analysis_differs:
                     raise IndexFormatError(
-                        f"index {path} holds lexical terms of analysis v{analysis}, this mitsuke writes "
-                        f"v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new directory"
+                        f"index {path} holds lexical terms of analysis v{manifest.lexical_analysis}, this mitsuke "
+                        f"writes v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new "
+                        "directory"
                     )
-                if chunking is not None and ChunkConfig(**manifest["chunking"]) != chunking:
+                if chunking is not None and manifest.chunking != chunking:
                     raise IndexFormatError(
-                        f"index {path} was built with chunking {manifest['chunking']}; "
+                        f"index {path} was built with chunking {asdict(manifest.chunking)}; "
                         "changing it needs a new index"
                     )
             if embedder is None and not lexical_only:
-                from mitsuke.indexer.embedding import Embedder, ModelInfo
+                from mitsuke.indexer.embedding import Embedder
 
-                recorded = manifest.get("model") if manifest else None  # reopen: the recorded directory/revision
+                recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
                 embedder = Embedder.from_pretrained(
-                    ModelInfo.source(recorded) if recorded else wanted, device=embed.device, dtype=embed.dtype,
+                    recorded.source() if recorded else wanted, device=embed.device, dtype=embed.dtype,
                     max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
-                    batch_tokens=embed.batch_tokens, revision=recorded.get("revision") if recorded else None)
+                    batch_tokens=embed.batch_tokens, revision=recorded.revision if recorded else None)
+                if manifest is not None:
+                    manifest.check_dim(embedder)
             if manifest is None:
                 try:  # a bad budget/overlap pair must fail before the manifest is written
                     Chunker(chunking or ChunkConfig(), embedder.count_tokens if embedder else None)
                 except ValueError as exc:
                     raise MitsukeError(f"chunking settings: {exc}") from None
-                manifest = {
-                    "created_at": time.time(),
-                    "model": embedder.info.to_dict() if embedder else None,
-                    "chunking": (chunking or ChunkConfig()).__dict__.copy(),
-                    "ann_config": (ann or AnnConfig()).__dict__.copy(),
-                    # FTS5 terms are only comparable with queries analysed the same way.
-                    "lexical_analysis": LEXICAL_ANALYSIS_VERSION,
-                    "ann": None,
-                    "generation": 0,
-                    "counts": {"documents": 0, "chunks": 0},
-                }
+                manifest = Manifest.new(embedder.info if embedder else None, chunking or ChunkConfig(),
+                                        ann or AnnConfig())
                 # Written before meta.sqlite exists: a kill during the first
                 # run must leave an index that opens (invariant 6).
-                write_manifest(path, manifest)
+                manifest = manifest.write(path)
             elif ann is not None:
-                manifest["ann_config"] = ann.__dict__.copy()
+                manifest = replace(manifest, ann_config=ann)
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
             raise
 
     def _open_ann(self) -> None:
-        info = self.manifest.get("ann")
-        if not info:
+        saved = self.manifest.ann
+        if saved is None:
             return
-        params = AnnParams.from_dict(info["params"])
-        with self.store.engine.begin() as conn:
-            self.ann, changed = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
-                                         int(info.get("generation", 0)), self.generation)
+        with self.store.begin() as conn:
+            self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
+                                         saved.generation, self.generation)
         if changed:
             self._save_ann()
 
@@ -389,7 +372,7 @@ class IndexBuilder:
                 vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
             terms = [t for p in pending for t in chunk_terms(p.chunks, p.doc.title)]
         generation = self.generation + 1
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
             if vecs is not None:
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
@@ -473,7 +456,7 @@ class IndexBuilder:
         if self.vectors is None:
             return False
         self.flush()
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             dead = self.store.dead_vector_rows(conn)
             total = self.store.vector_rows(conn)
         if dead == 0 or not force and (dead < self.compact_min_rows or dead <= self.compact_ratio * total):
@@ -486,7 +469,7 @@ class IndexBuilder:
 
         See the module docstring for the order of steps and what a kill at each one leaves.
         """
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             live = self.store.live_vectors(conn, by_row=True)
             epoch = self.store.vectors_epoch(conn) + 1
             before = self.store.vector_rows(conn)
@@ -496,7 +479,7 @@ class IndexBuilder:
         self.vectors.write_compacted(old_rows, epoch)
         fault_point("compact_written")
         self.vectors.retire(epoch - 1)
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
             self.store.set_state(conn, "vector_rows", len(ids))
             self.store.set_state(conn, "vectors_epoch", epoch)
@@ -509,17 +492,16 @@ class IndexBuilder:
         # anyway (reusing its training) so a long-lived index sheds the
         # imbalance that many removals leave in the inverted lists.
         if self.ann is not None:
-            with self.store.engine.begin() as conn:
+            with self.store.begin() as conn:
                 self.ann = rebuild_ann(self.store, conn, self.vectors, self.ann.params, trained=self.ann)
             self._save_ann()
 
     # ------------------------------------------------------------------ ANN choice
     def _maybe_switch_ann(self) -> None:
         """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             n = self.store.counts(conn)["chunks"]
-            wanted = choose_params(n, self.dim, self.ann_config.kind, self.ann_config.flat_threshold,
-                                   nlist=self.ann_config.nlist)
+            wanted = self.manifest.ann_params(n)
             current = self.ann.params if self.ann is not None else None
             # Re-train IVF-PQ only when the collection grew or shrank 4x past its sizing.
             grew = current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq" and (
@@ -532,24 +514,22 @@ class IndexBuilder:
     def _save_ann(self) -> None:
         if self.ann is None:
             return
-        self.ann.save(self.path / ANN_FILE)
+        self.ann.save(self.paths.ann)
         fault_point("ann_saved")  # ann.faiss is newer than the manifest says: caught up idempotently
-        self.manifest["ann"] = {"params": self.ann.params.to_dict(), "generation": self.generation}
+        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation))
         self._write_manifest()
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
 
     def _write_manifest(self) -> None:
-        with self.store.engine.begin() as conn:
+        with self.store.begin() as conn:
             counts = self.store.counts(conn)
-        self.manifest["generation"] = self.generation
-        self.manifest["counts"] = counts
-        write_manifest(self.path, self.manifest)
+        self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
 
 
 def _remove_temp_files(path: Path) -> None:
     """Temp files of an atomic replace that a killed writer never renamed."""
-    for tmp in path.glob(".*.tmp"):
+    for tmp in leftover_temp_files(path):
         log.info("removing %s left by an interrupted write", tmp.name)
         tmp.unlink(missing_ok=True)
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import Connection
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams
-from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.store import SqlStore
 from mitsuke.indexer.vectors import VectorStore
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 __all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "training_sample", "TRAIN_SEED"]
 
@@ -34,7 +37,7 @@ def training_sample(rows: np.ndarray, size: int) -> np.ndarray:
     return np.sort(rng.choice(rows, size=size, replace=False))
 
 
-def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams,
+def rebuild_ann(store: SqlStore, conn: Connection, vectors: VectorStore, params: AnnParams,
                 trained: AnnIndex | None = None) -> AnnIndex:
     """A fresh ANN index over every live chunk.
 
@@ -58,7 +61,7 @@ def rebuild_ann(store: MetadataStore, conn: Connection, vectors: VectorStore, pa
     return ann
 
 
-def catch_up_ann(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors: VectorStore,
+def catch_up_ann(ann: AnnIndex, store: SqlStore, conn: Connection, vectors: VectorStore,
                  since_generation: int) -> None:
     """Replay, in place, the chunks added and deleted after ``since_generation``.
 
@@ -83,7 +86,7 @@ def catch_up_ann(ann: AnnIndex, store: MetadataStore, conn: Connection, vectors:
             ann.add(ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
 
 
-def load_ann(path: Path, store: MetadataStore, conn: Connection, vectors: VectorStore, params: AnnParams,
+def load_ann(path: Path, store: SqlStore, conn: Connection, vectors: VectorStore, params: AnnParams,
              ann_generation: int, generation: int) -> tuple[AnnIndex, bool]:
     """The ANN index at ``generation``; the bool says whether it differs from the file."""
     if path.exists():

@@ -26,21 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mitsuke.indexer.manifest import fault_point, fsync_dir
+from mitsuke.indexer.durable import fault_point, fsync_dir, replace_file
+from mitsuke.indexer.layout import compact_path, epoch_file, retired_path
 
 __all__ = ["VectorStore", "compact_path", "retired_path"]
 
 log = logging.getLogger("mitsuke")
-
-
-def compact_path(path: Path, epoch: int) -> Path:
-    """Where compaction writes the rows of ``epoch`` before they become ``vectors.f16``."""
-    return path.with_name(f"{path.name}.compact-{epoch}")
-
-
-def retired_path(path: Path, epoch: int) -> Path:
-    """The hard link that keeps the file of a retired ``epoch`` readable for a while."""
-    return path.with_name(f"{path.name}.epoch-{epoch}")
 
 
 class VectorStore:
@@ -142,8 +133,7 @@ class VectorStore:
     def install(self, epoch: int) -> None:
         """Make the committed epoch-``epoch`` file the current one (atomic rename)."""
         self.close()
-        os.replace(compact_path(self.path, epoch), self.path)
-        fsync_dir(self.path.parent)
+        replace_file(compact_path(self.path, epoch), self.path)
 
     def tidy(self, epoch: int) -> None:
         """Writer open: settle the files around the committed ``epoch``.
@@ -157,10 +147,11 @@ class VectorStore:
             log.info("finishing the interrupted compaction of %s (epoch %d)", self.path.name, epoch)
             self.install(epoch)
         for p in self.path.parent.glob(self.path.name + ".*"):
-            kind, _, num = p.name[len(self.path.name) + 1:].partition("-")
-            if not num.isdigit():
+            found = epoch_file(self.path, p)
+            if found is None:
                 continue
-            stale = (kind == "compact" and int(num) != epoch) or (kind == "epoch" and int(num) < epoch - 1)
+            kind, num = found
+            stale = (kind == "compact" and num != epoch) or (kind == "retired" and num < epoch - 1)
             if stale:
                 log.info("removing stale %s", p.name)
                 p.unlink(missing_ok=True)

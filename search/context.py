@@ -1,7 +1,7 @@
 """Context assembly for RAG: search hits grown into passages that fit an LLM's budget, with citations.
 
 Each hit may be widened with up to ``neighbors`` adjacent chunks of its own
-document on either side (read from SQLite by ``chunk_index``). Overlapping
+document on either side (read from the store by ``chunk_index``). Overlapping
 chunks are merged, text already given by a better-ranked passage is left
 out, and the total is cut to ``max_chars``. Offsets stay exact: every
 ``Span`` satisfies ``span.text == document[span.char_start:span.char_end]``.
@@ -15,16 +15,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-from sqlalchemy import Connection, and_, select
+from typing import Any, Protocol
 
 from mitsuke.indexer.errors import QueryError
-from mitsuke.indexer.store import chunks
+from mitsuke.indexer.store import ChunkPiece, SqlStore
 from mitsuke.search.results import Passage
-
-if TYPE_CHECKING:
-    from mitsuke.search.searcher import Searcher
 
 __all__ = [
     "Span",
@@ -32,9 +27,9 @@ __all__ = [
     "ContextPassage",
     "Context",
     "ChunkPiece",
+    "Retriever",
     "SPAN_SEPARATOR",
     "MIN_CUT_CHARS",
-    "neighbour_chunks",
     "assemble",
     "retrieve_context",
     "retrieve_passages",
@@ -175,39 +170,12 @@ class Context(Sequence):
         return "\n\n".join(parts)
 
 
-class ChunkPiece(NamedTuple):
-    """A stored chunk of a document, as read for neighbour expansion."""
+class Retriever(Protocol):
+    """What context assembly reads from: a search and the store behind it (a ``Searcher``)."""
 
-    chunk_id: int
-    chunk_index: int
-    char_start: int
-    char_end: int
-    text: str
+    store: SqlStore
 
-
-# ---------------------------------------------------------------------- SQL
-def neighbour_chunks(conn: Connection, chunk_ids: Sequence[int], neighbors: int) -> dict[int, list[ChunkPiece]]:
-    """For each chunk id: the chunks of its document within ``neighbors`` positions of it, in order.
-
-    Anchored on the chunk id (never reused), so a document replaced since the
-    search gives no neighbours rather than text of another version.
-    """
-    ids = sorted({int(i) for i in chunk_ids})
-    out: dict[int, list[ChunkPiece]] = {i: [] for i in ids}
-    if not ids:
-        return out
-    hit = chunks.alias("hit")
-    near = chunks.alias("near")
-    cols = [hit.c.id, near.c.id, near.c.chunk_index, near.c.char_start, near.c.char_end, near.c.text]
-    for i in range(0, len(ids), 500):
-        q = (select(*cols)
-             .join(near, and_(near.c.doc_id == hit.c.doc_id,
-                              near.c.chunk_index.between(hit.c.chunk_index - neighbors, hit.c.chunk_index + neighbors)))
-             .where(hit.c.id.in_(ids[i:i + 500]))
-             .order_by(hit.c.id, near.c.chunk_index))
-        for hid, cid, idx, start, end, text in conn.execute(q):
-            out[int(hid)].append(ChunkPiece(int(cid), int(idx), int(start), int(end), text))
-    return out
+    def search(self, query: str, k: int = 10, **kwargs: Any) -> list[Passage]: ...
 
 
 # ---------------------------------------------------------------------- intervals
@@ -288,7 +256,7 @@ def assemble(hits: Sequence[Passage], around: Mapping[int, Sequence[ChunkPiece]]
     """Build a ``Context`` from ranked ``hits``.
 
     ``around[hit.chunk_id]``: the chunks the hit may grow into (its
-    neighbours; see ``neighbour_chunks``). Neighbours are added nearest
+    neighbours; see ``SqlStore.neighbours``). Neighbours are added nearest
     first while they fit the budget; a hit whose own text is already in the
     context is skipped; a hit too long for what is left is cut at a sentence
     end if at least ``MIN_CUT_CHARS`` of it fit, else skipped.
@@ -372,7 +340,7 @@ def _truncate(pieces: list[ChunkPiece], selected: list[tuple[int, int]], budget:
     return out
 
 
-def retrieve_context(searcher: "Searcher", query: str, *, k: int = 5, max_chars: int | None = None,
+def retrieve_context(searcher: Retriever, query: str, *, k: int = 5, max_chars: int | None = None,
                      neighbors: int = 0, mode: str | None = None, **search_kwargs: Any) -> Context:
     """``searcher.search(query, k, mode=mode, **search_kwargs)`` assembled into a ``Context``.
 
@@ -387,14 +355,14 @@ def retrieve_context(searcher: "Searcher", query: str, *, k: int = 5, max_chars:
     hits = searcher.search(query, k, mode=mode, **search_kwargs)
     around = None
     if neighbors and hits:
-        with searcher.store.engine.connect() as conn:
-            around = neighbour_chunks(conn, [h.chunk_id for h in hits], neighbors)
+        with searcher.store.snapshot() as snap:
+            around = snap.neighbours([h.chunk_id for h in hits], neighbors)
     ctx = assemble(hits, around, max_chars=max_chars, query=query)
     log.debug("context for %r: %d hits -> %d passages, %d chars", query, len(hits), len(ctx), ctx.n_chars)
     return ctx
 
 
-def retrieve_passages(searcher: "Searcher", query: str, *, k: int = 5, max_chars: int | None = None,
+def retrieve_passages(searcher: Retriever, query: str, *, k: int = 5, max_chars: int | None = None,
                       neighbors: int = 0, mode: str | None = None, **search_kwargs: Any) -> list[ContextPassage]:
     """What the framework retrievers return: the hits of ``search`` as they are, or an assembled context.
 

@@ -45,12 +45,11 @@ import math
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from mitsuke.indexer.errors import MitsukeError
 from mitsuke.search.results import Passage
@@ -283,22 +282,8 @@ class EvalReport:
 
 def _chunk_spans(searcher, keys: Iterable[str]) -> dict[str, list[tuple[int, int]]]:
     """``doc_key -> [(char_start, char_end), ...]`` of the index's live chunks, for the given keys."""
-    from mitsuke.indexer.store import chunks, documents
-
-    wanted = sorted(set(keys))
-    out: dict[str, list[tuple[int, int]]] = {k: [] for k in wanted}
-    present: set[str] = set()
-    with searcher.store.engine.connect() as conn:
-        for i in range(0, len(wanted), 500):  # SQLite caps bound parameters per statement
-            batch = wanted[i:i + 500]
-            for (key,) in conn.execute(select(documents.c.key).where(documents.c.key.in_(batch))):
-                present.add(key)
-            rows = conn.execute(select(documents.c.key, chunks.c.char_start, chunks.c.char_end)
-                                .join(chunks, chunks.c.doc_id == documents.c.id)
-                                .where(documents.c.key.in_(batch)))
-            for key, start, end in rows:
-                out[key].append((int(start), int(end)))
-    return {k: v for k, v in out.items() if k in present}
+    with searcher.store.snapshot() as snap:
+        return snap.document_spans(keys)
 
 
 def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
@@ -420,7 +405,7 @@ def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int
         "index": str(Path(searcher.path).resolve()), "queries": qset.source or None,
         "model": searcher.model_name, "mode": mode, "rerank": bool(rerank) if mode != "lexical" else None,
         "ks": ks, "depth": depth, "limit": limit, "warmup": warmup,
-        "chunking": searcher.manifest.get("chunking"),
+        "chunking": asdict(searcher.manifest.chunking),
         # Settings that did not shape this run (fusion outside hybrid mode) are left out.
         **{k: v for k, v in search_kwargs.items() if v is not None and not (k == "fusion" and mode != "hybrid")},
     }

@@ -4,23 +4,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnIndex, AnnParams
-from mitsuke.indexer.builder import ANN_FILE, META_FILE, VECTORS_FILE
-from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError, QueryError
+from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.errors import IndexFormatError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
-from mitsuke.indexer.manifest import read_manifest
+from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
-from mitsuke.indexer.store import ChunkRow, MetadataStore
+from mitsuke.indexer.store import ChunkRow, MetadataStore, Snapshot
 from mitsuke.indexer.vectors import VectorStore
-from mitsuke.search.filters import Filter, compile_where, filtered_vectors
+from mitsuke.search.context import Context, retrieve_context
+from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
+from mitsuke.search.filters import Filter, compile_where
 from mitsuke.search.fusion import FUSIONS, check_weights, fuse
 from mitsuke.search.lexical import bm25_search
-from mitsuke.search.rerank import exact_scores, exact_top_k
 from mitsuke.search.results import Passage
 
 if TYPE_CHECKING:
@@ -31,15 +32,22 @@ __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 log = logging.getLogger("mitsuke")
 
 MODES = ("hybrid", "dense", "lexical")
-# ANN candidates per requested result, rescored exactly; PQ codes misorder
-# near neighbours, the exact rerank puts them back.
-CANDIDATE_FACTOR = 10
-# A filter whose matching vectors hold at most this many numbers (rows × dim) is
-# answered by an exact scan of them: 4M float16 numbers (2,340 rows of 1792-d,
-# 10,900 of 384-d) convert and score in ~21 ms (bench/filter_scan.py, BENCHMARKS.md "Query engine").
-# Broader filters go through the ANN index restricted to the matching ids (a
-# FAISS IDSelector), then the exact rerank.
-EXACT_SCAN_ELEMENTS = 1 << 22
+
+Hits = list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The checked settings of one ``search_batch`` call."""
+
+    mode: str
+    k: int
+    pool: int  # candidates per leg that fusion and the rerank see
+    rerank: bool
+    nprobe: int | None
+    fusion: str
+    weights: tuple[float, ...]
+    flt: Filter | None
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -57,28 +65,6 @@ def _encodable(query: str) -> str:
         return query.encode("utf-8", "replace").decode("utf-8")
 
 
-def _ann_search(ann: AnnIndex, qvecs: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """``ann.search``, or a FAISS search restricted to ``allowed_ids`` through an IDSelector."""
-    if allowed_ids is None:
-        return ann.search(qvecs, k, nprobe)
-    import faiss
-
-    q = np.ascontiguousarray(qvecs, dtype=np.float32)
-    k = min(k, ann.ntotal)
-    if k <= 0:
-        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    # The selector must outlive the search: FAISS keeps only a raw pointer to it.
-    sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-    if ann.params.kind == "ivfpq":
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=int(nprobe or ann.params.nprobe))
-    else:
-        params = faiss.SearchParameters(sel=sel)
-    scores, ids = ann.index.search(q, k, params=params)
-    del sel
-    return scores, ids
-
-
 class Searcher:
     """Query an index directory.
 
@@ -87,19 +73,19 @@ class Searcher:
     ...     print(p.score, p.doc_key, p.text[:40])
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", embedder: Embedder | None = None,
+    def __init__(self, path: Path, manifest: Manifest, *, device: str = "auto", embedder: Embedder | None = None,
                  dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> None:
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.fusion = fusion
         self.weights = tuple(check_weights(weights))
         self.path = path
+        self.paths = IndexPaths(path)
         self.manifest = manifest
-        self.store = MetadataStore(path / META_FILE, readonly=True)
-        model = manifest.get("model")
-        self.model_name: str | None = model["name"] if model else None
-        self.dim = int(model["dim"]) if model else 0
-        self.vectors = VectorStore(path / VECTORS_FILE, self.dim) if self.dim else None
+        self.store = MetadataStore(self.paths.meta, readonly=True)
+        self.model_name: str | None = manifest.model.name if manifest.model else None
+        self.dim = manifest.dim
+        self.vectors = VectorStore(self.paths.vectors, self.dim) if self.dim else None
         self._embedder = embedder
         self._device = device
         self._dtype = dtype
@@ -109,11 +95,10 @@ class Searcher:
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
-        analysis = manifest.get("lexical_analysis")
-        if analysis is not None and analysis != LEXICAL_ANALYSIS_VERSION:
+        if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
                         "lexical matches may be missed until the index is rebuilt",
-                        path, analysis, LEXICAL_ANALYSIS_VERSION)
+                        path, manifest.lexical_analysis, LEXICAL_ANALYSIS_VERSION)
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
@@ -125,18 +110,11 @@ class Searcher:
         every search of this Searcher; each call may override them.
         """
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest is None or not (path / META_FILE).exists():
-            raise IndexFormatError(f"{path} is not a mitsuke index (no manifest.json / {META_FILE}); "
+        manifest = Manifest.read(path)
+        if manifest is None or not IndexPaths(path).meta.exists():
+            raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE} / {META_FILE}); "
                                    "build one with `mitsuke index PATH --index DIR`")
-        have = manifest["model"]["name"] if manifest.get("model") else None
-        if model is not None and str(model) != str(have or "none"):
-            raise ModelMismatchError(f"index {path} was built with model {have or 'none'!r}; "
-                                     f"it cannot be queried with {model!r}")
-        if embedder is not None and have is not None and (
-                str(embedder.info.name) != str(have) or embedder.dim != int(manifest["model"]["dim"])):
-            raise ModelMismatchError(f"index {path} was built with model {have!r}; it cannot be queried "
-                                     f"with {embedder.info.name!r} ({embedder.dim}-dim)")
+        manifest.check_model(path, model=model, embedder=embedder, writing=False)
         return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights)
 
     def close(self) -> None:
@@ -158,44 +136,35 @@ class Searcher:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from mitsuke.indexer.embedding import Embedder, ModelInfo
+            from mitsuke.indexer.embedding import Embedder
 
             with self._load_lock:
                 if self._embedder is None:
-                    m = self.manifest["model"]
-                    self._embedder = Embedder.from_pretrained(
-                        ModelInfo.source(m), device=self._device, dtype=self._dtype, max_length=m.get("max_length"),
-                        revision=m.get("revision"))
-                    if self._embedder.dim != self.dim:
-                        raise ModelMismatchError(
-                            f"model {m['name']!r} now gives {self._embedder.dim}-dim vectors, the index holds {self.dim}")
+                    m = self.manifest.model
+                    embedder = Embedder.from_pretrained(
+                        m.source(), device=self._device, dtype=self._dtype, max_length=m.max_length,
+                        revision=m.revision)
+                    self.manifest.check_dim(embedder)
+                    self._embedder = embedder
         return self._embedder
 
-    def _ann_for(self, conn, generation: int) -> AnnIndex:
+    def _ann_for(self, snap: Snapshot) -> AnnIndex:
         """The ANN index, caught up in memory to the snapshot's generation."""
+        conn, generation = snap.conn, snap.generation
         with self._lock:
             if self._ann is None:
-                info = read_manifest(self.path).get("ann") or {}
-                if info:
-                    params = AnnParams.from_dict(info["params"])
-                    self._ann, _ = load_ann(self.path / ANN_FILE, self.store, conn, self.vectors, params,
-                                            int(info.get("generation", 0)), generation)
+                manifest = Manifest.read(self.path) or self.manifest  # the writer may have saved one since open
+                if manifest.ann is not None:
+                    self._ann, _ = load_ann(self.paths.ann, self.store, conn, self.vectors, manifest.ann.params,
+                                            manifest.ann.generation, generation)
                 else:
-                    from mitsuke.indexer.ann import choose_params
-
-                    cfg = self.manifest.get("ann_config", {})
-                    n = self.store.counts(conn)["chunks"]
-                    params = choose_params(n, self.dim, cfg.get("kind", "auto"), cfg.get("flat_threshold", 50_000))
+                    params = manifest.ann_params(self.store.counts(conn)["chunks"])
                     log.info("%s has no ANN index yet: building one in memory", self.path)
                     self._ann = rebuild_ann(self.store, conn, self.vectors, params)
                 self._ann_generation = generation
             elif generation > self._ann_generation:
-                # Other threads may be searching self._ann outside this lock, and FAISS
-                # allows concurrent searches but not a search during add/remove (ids come
-                # back mismatched): catch up a copy and swap it in.
-                import faiss
-
-                ann = AnnIndex(faiss.clone_index(self._ann.index), self._ann.params)
+                # Other threads may be searching self._ann outside this lock: catch up a copy, swap it in.
+                ann = self._ann.copy()
                 catch_up_ann(ann, self.store, conn, self.vectors, self._ann_generation)
                 self._ann = ann
                 self._ann_generation = generation
@@ -232,12 +201,37 @@ class Searcher:
                      candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
                      fusion: str | None = None, weights: Sequence[float] | None = None) -> list[list[Passage]]:
         """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
+        queries = self._check_queries(queries)
+        req = self._request(k, mode, rerank, candidates, nprobe, fusion, weights, where)
+        if not queries:
+            return []
+        live = [i for i, q in enumerate(queries) if q.strip()]
+        qvecs = self._embed(queries, live) if req.mode != "lexical" else {}
+        results: list[list[Passage]] = [[] for _ in queries]
+        with self.store.snapshot() as snap:
+            if self.vectors is not None:  # row numbers of this snapshot refer to its vectors epoch
+                self.vectors.bind(snap.vectors_epoch())
+            dense_legs = self._dense_legs(snap, req, qvecs)
+            for qi in live:
+                dense = dense_legs.get(qi, [])
+                lexical = self._lexical_leg(snap, req, queries[qi])
+                ranked, extra = self._fuse(snap, req, qvecs.get(qi), dense, lexical)
+                results[qi] = self._passages(snap, ranked[:req.k], dense, lexical, extra)
+        return results
+
+    # ------------------------------------------------------------------ validate
+    @staticmethod
+    def _check_queries(queries: Sequence[str]) -> list[str]:
         if isinstance(queries, str):
             raise QueryError("search_batch takes a list of queries, got one string: use search(query) instead")
-        queries = list(queries)
-        for q in queries:
+        out = list(queries)
+        for q in out:
             if not isinstance(q, str):
                 raise QueryError(f"a query must be a string, got {type(q).__name__}: {q!r:.60}")
+        return out
+
+    def _request(self, k: int, mode: str | None, rerank: bool, candidates: int | None, nprobe: int | None,
+                 fusion: str | None, weights: Sequence[float] | None, where: dict[str, Any] | None) -> _Request:
         mode = self._check_mode(mode)
         k = _positive_int("k", k)
         pool = max(_positive_int("candidates", candidates) if candidates is not None else k * CANDIDATE_FACTOR, k)
@@ -246,59 +240,9 @@ class Searcher:
         fusion = self.fusion if fusion is None else fusion
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        weights = check_weights(self.weights if weights is None else weights)
-        flt = compile_where(where)
-        if not queries:
-            return []
-        live = [i for i, q in enumerate(queries) if q.strip()]
-        qvecs: dict[int, np.ndarray] = {}
-        if mode != "lexical" and live:
-            embedder = self.embedder
-            with self._encode_lock:
-                vecs = embedder.encode_queries([_encodable(queries[i]) for i in live])
-            qvecs = {i: vecs[j] for j, i in enumerate(live)}
-        # The dense leg keeps k passages in dense mode, the whole candidate pool for fusion.
-        n_dense = k if mode == "dense" else pool
-        results: list[list[Passage]] = [[] for _ in queries]
-        with self.store.engine.connect() as conn:
-            generation = self.store.generation(conn)
-            if self.vectors is not None:  # row numbers of this snapshot refer to its vectors epoch
-                self.vectors.bind(self.store.vectors_epoch(conn))
-            dense_legs: dict[int, list[tuple[int, float]]] = {}
-            if qvecs:
-                order = sorted(qvecs)
-                legs = self._dense(conn, generation, np.stack([qvecs[i] for i in order]), n_dense, pool,
-                                   rerank, nprobe, flt)
-                dense_legs = dict(zip(order, legs))
-            for qi in live:
-                dense = dense_legs.get(qi, [])
-                lexical: list[tuple[int, float]] = []
-                if mode != "dense":
-                    lexical = bm25_search(conn, queries[qi], k if mode == "lexical" else pool, flt,
-                                          n_docs=self._chunk_count(conn, generation))
-                extra: dict[int, float] = {}
-                if mode == "dense":
-                    ranked = dense
-                elif mode == "lexical":
-                    ranked = lexical
-                else:
-                    # Lexical-only candidates get their exact cosine too: weighted fusion
-                    # needs it, and the Passage reports it.
-                    have = {c for c, _ in dense}
-                    missing = [c for c, _ in lexical if c not in have]
-                    extra = self._cosines(conn, qvecs[qi], missing)
-                    dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
-                    ranked = fuse(dense_all if fusion == "weighted" else dense, lexical, fusion, weights)
-                results[qi] = self._passages(conn, ranked[:k], dense, lexical, extra)
-        return results
-
-    def _chunk_count(self, conn, generation: int) -> int:
-        """Number of passages at ``generation`` (counted once per generation)."""
-        cached = self._counts
-        if cached is None or cached[0] != generation:
-            cached = (generation, int(self.store.counts(conn)["chunks"]))
-            self._counts = cached
-        return cached[1]
+        checked = tuple(check_weights(self.weights if weights is None else weights))
+        return _Request(mode=mode, k=k, pool=pool, rerank=rerank, nprobe=nprobe, fusion=fusion,
+                        weights=checked, flt=compile_where(where))
 
     def _check_mode(self, mode: str | None) -> str:
         mode = mode or ("hybrid" if self.has_dense else "lexical")
@@ -309,74 +253,61 @@ class Searcher:
                              "embeddings; use mode='lexical' (--mode lexical) or rebuild the index with a model")
         return mode
 
-    # ------------------------------------------------------------------ dense leg
-    def _dense(self, conn, generation: int, qvecs: np.ndarray, n_out: int, pool: int, rerank: bool,
-               nprobe: int | None, flt: Filter | None) -> list[list[tuple[int, float]]]:
-        """Best ``n_out`` (chunk id, cosine) per query vector."""
-        ann = self._ann_for(conn, generation)
-        flat = ann.params.kind == "flat"
-        if flt is not None:
-            allowed = [(c, r) for c, r in filtered_vectors(conn, flt) if r is not None]
-            if not allowed:
-                return [[] for _ in qvecs]
-            ids = np.fromiter((c for c, _ in allowed), dtype=np.int64, count=len(allowed))
-            rows = np.fromiter((r for _, r in allowed), dtype=np.int64, count=len(allowed))
-            if flat:
-                # The flat index holds float32 copies of the same rows in memory: with an
-                # IDSelector it scores only the matching ones, exactly, faster than the memmap.
-                return self._ann_candidates(conn, ann, qvecs, n_out, pool, False, nprobe, ids)
-            use_nprobe = nprobe or ann.params.nprobe
-            # Allowed vectors an IVF search would visit: too few for a full pool means the
-            # ANN would come back short, and an exact scan of them is cheap anyway.
-            visited = len(allowed) * min(1.0, use_nprobe / max(ann.params.nlist, 1))
-            if len(allowed) * self.dim <= EXACT_SCAN_ELEMENTS or visited < 2 * pool:
-                return exact_top_k(qvecs, self.vectors, ids, rows, n_out)
-            out = self._ann_candidates(conn, ann, qvecs, n_out, pool, rerank, nprobe, ids)
-            for qi, cand in enumerate(out):
-                if len(cand) < min(n_out, len(allowed)):
-                    log.debug("filtered ANN search came back short (%d < %d): exact scan", len(cand), n_out)
-                    out[qi] = exact_top_k(qvecs[qi], self.vectors, ids, rows, n_out)[0]
-            return out
-        return self._ann_candidates(conn, ann, qvecs, n_out, pool, rerank and not flat, nprobe, None)
-
-    def _ann_candidates(self, conn, ann: AnnIndex, qvecs: np.ndarray, n_out: int, pool: int, rerank: bool,
-                        nprobe: int | None, allowed_ids: np.ndarray | None) -> list[list[tuple[int, float]]]:
-        """ANN search (restricted to ``allowed_ids`` when given), then exact rerank of the candidates."""
-        fetch = max(pool, n_out) if rerank else n_out
-        scores, ids = _ann_search(ann, qvecs, fetch, nprobe, allowed_ids)
-        out: list[list[tuple[int, float]]] = []
-        rows = self._vector_rows(conn, {int(i) for i in ids.ravel() if i >= 0}) if rerank else {}
-        for qi in range(len(qvecs)):
-            cand = [(int(i), float(s)) for i, s in zip(ids[qi], scores[qi]) if i >= 0]
-            if rerank and cand:
-                # Ids deleted since the ANN snapshot have no row any more: they drop out here.
-                cand = [(i, s) for i, s in cand if rows.get(i) is not None]
-                exact = exact_scores(qvecs[qi], self.vectors, [rows[i] for i, _ in cand])
-                cand = sorted(((i, float(s)) for (i, _), s in zip(cand, exact)), key=lambda x: (-x[1], x[0]))
-            out.append(cand[:n_out])
-        return out
-
-    def _vector_rows(self, conn, ids) -> dict[int, int | None]:
-        ids = sorted(int(i) for i in ids)
-        out: dict[int, int | None] = {}
-        for start in range(0, len(ids), 900):
-            part = ",".join(str(i) for i in ids[start:start + 900])  # ints only: safe to inline
-            for cid, row in conn.exec_driver_sql(f"SELECT id, vector_row FROM chunks WHERE id IN ({part})"):
-                out[int(cid)] = None if row is None else int(row)
-        return out
-
-    def _cosines(self, conn, qvec: np.ndarray, ids: list[int]) -> dict[int, float]:
-        """Exact cosine of ``qvec`` with the given chunks (those that have a vector)."""
-        if not ids:
+    # ------------------------------------------------------------------ legs
+    def _embed(self, queries: list[str], live: list[int]) -> dict[int, np.ndarray]:
+        """Query vectors of the non-blank queries, by position."""
+        if not live:
             return {}
-        rows = self._vector_rows(conn, ids)
-        have = [i for i in ids if rows.get(i) is not None]
-        scores = exact_scores(qvec, self.vectors, [rows[i] for i in have])
-        return {i: float(s) for i, s in zip(have, scores)}
+        embedder = self.embedder
+        with self._encode_lock:
+            vecs = embedder.encode_queries([_encodable(queries[i]) for i in live])
+        return {i: vecs[j] for j, i in enumerate(live)}
 
-    def _passages(self, conn, ranked: list[tuple[int, float]], dense: list[tuple[int, float]],
-                  lexical: list[tuple[int, float]], extra_dense: dict[int, float] | None = None) -> list[Passage]:
-        rows = self.store.chunk_rows(conn, [c for c, _ in ranked])
+    def _dense_legs(self, snap: Snapshot, req: _Request, qvecs: dict[int, np.ndarray]) -> dict[int, Hits]:
+        """Each query's dense hits: k in dense mode, the whole candidate pool for fusion."""
+        if not qvecs:
+            return {}
+        assert self.vectors is not None  # has_dense
+        order = sorted(qvecs)
+        n_out = req.k if req.mode == "dense" else req.pool
+        legs = dense_leg(snap, self._ann_for(snap), self.vectors, np.stack([qvecs[i] for i in order]), n_out,
+                         req.pool, req.rerank, req.nprobe, req.flt)
+        return dict(zip(order, legs))
+
+    def _lexical_leg(self, snap: Snapshot, req: _Request, query: str) -> Hits:
+        if req.mode == "dense":
+            return []
+        return bm25_search(snap, query, req.k if req.mode == "lexical" else req.pool, req.flt,
+                           n_docs=self._chunk_count(snap))
+
+    def _chunk_count(self, snap: Snapshot) -> int:
+        """Number of passages at the snapshot's generation (counted once per generation)."""
+        cached = self._counts
+        if cached is None or cached[0] != snap.generation:
+            cached = (snap.generation, int(snap.counts()["chunks"]))
+            self._counts = cached
+        return cached[1]
+
+    # ------------------------------------------------------------------ fuse
+    def _fuse(self, snap: Snapshot, req: _Request, qvec: np.ndarray | None, dense: Hits, lexical: Hits
+              ) -> tuple[Hits, dict[int, float]]:
+        """The ranking the mode asks for, and the exact cosines of lexical-only hybrid candidates."""
+        if req.mode == "dense":
+            return dense, {}
+        if req.mode == "lexical":
+            return lexical, {}
+        # Lexical-only candidates get their exact cosine too: weighted fusion
+        # needs it, and the Passage reports it.
+        assert qvec is not None and self.vectors is not None
+        have = {c for c, _ in dense}
+        extra = cosines(snap, self.vectors, qvec, [c for c, _ in lexical if c not in have])
+        dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
+        return fuse(dense_all if req.fusion == "weighted" else dense, lexical, req.fusion, req.weights), extra
+
+    # ------------------------------------------------------------------ passages
+    def _passages(self, snap: Snapshot, ranked: Hits, dense: Hits, lexical: Hits,
+                  extra_dense: dict[int, float] | None = None) -> list[Passage]:
+        rows = snap.chunk_rows([c for c, _ in ranked])
         d_rank = {c: (r, s) for r, (c, s) in enumerate(dense, 1)}
         l_rank = {c: (r, s) for r, (c, s) in enumerate(lexical, 1)}
         extra_dense = extra_dense or {}
@@ -398,32 +329,26 @@ class Searcher:
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:
-        with self.store.engine.connect() as conn:
-            counts = self.store.counts(conn)
-            generation = self.store.generation(conn)
-        manifest = read_manifest(self.path) or self.manifest
-        files = {}
-        for name in ("manifest.json", META_FILE, META_FILE + "-wal", VECTORS_FILE, ANN_FILE):
-            p = self.path / name
-            if p.exists():
-                files[name] = p.stat().st_size
-        ann = manifest.get("ann") or {}
+        with self.store.snapshot() as snap:
+            counts = snap.counts()
+            generation = snap.generation
+        manifest = Manifest.read(self.path) or self.manifest
         return {
             "path": str(self.path),
             "documents": counts["documents"],
             "chunks": counts["chunks"],
-            "model": manifest.get("model"),
+            "model": manifest.model.to_dict() if manifest.model else None,
             "dim": self.dim or None,
-            "ann": ann.get("params"),
-            "ann_generation": ann.get("generation"),
+            "ann": manifest.ann.params.to_dict() if manifest.ann else None,
+            "ann_generation": manifest.ann.generation if manifest.ann else None,
             "generation": generation,
-            "chunking": manifest.get("chunking"),
-            "files": files,
+            "chunking": asdict(manifest.chunking),
+            "files": self.paths.sizes(),
         }
 
     # ------------------------------------------------------------------ RAG
     def retrieve_context(self, query: str, *, k: int = 5, max_chars: int | None = None, neighbors: int = 0,
-                         mode: str | None = None, **search_kwargs: Any):
+                         mode: str | None = None, **search_kwargs: Any) -> Context:
         """The top ``k`` passages for ``query`` as a ``search.context.Context`` for an LLM prompt.
 
         Each hit is widened with up to ``neighbors`` adjacent chunks of its
@@ -436,7 +361,5 @@ class Searcher:
         >>> ctx = s.retrieve_context("豊岡市の冬は?", k=5, max_chars=2000, neighbors=1)  # doctest: +SKIP
         >>> print(ctx.render())                                                         # doctest: +SKIP
         """
-        from mitsuke.search.context import retrieve_context
-
         return retrieve_context(self, query, k=k, max_chars=max_chars, neighbors=neighbors, mode=mode,
                                 **search_kwargs)

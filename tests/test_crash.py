@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
-
 from corpus import SENTENCES
 from mitsuke.indexer import IndexBuilder
 from mitsuke.indexer.config import ChunkConfig
-from mitsuke.indexer.store import MetadataStore, chunks, documents
+from mitsuke.indexer.store import MetadataStore
 from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,17 +72,17 @@ def committed(idx: Path) -> tuple[set[tuple[str, str]], int]:
         return set(), 0
     store = MetadataStore(idx / "meta.sqlite", readonly=True)
     try:
-        with store.engine.connect() as conn:
-            docs = conn.execute(select(documents.c.key, documents.c.content_hash)).all()
-            n_chunks = conn.execute(select(func.count()).select_from(chunks)).scalar()
-            orphans = conn.execute(select(func.count()).select_from(chunks).where(
-                chunks.c.doc_id.not_in(select(documents.c.id)))).scalar()
-            rows = [r for (r,) in conn.execute(select(chunks.c.vector_row)) if r is not None]
-            vector_rows = store.vector_rows(conn)
+        with store.snapshot() as snap:
+            hashes = snap.document_hashes()
+            counts = snap.counts()
+            orphans = snap.integrity()["orphan_chunks"]
+            rows = [r for _, r in snap.live_vectors()]
+            vector_rows = snap.vector_rows()
     finally:
         store.close()
-    keys = [k for k, _ in docs]
-    assert len(keys) == len(set(keys)), "a document is present more than once"
+    docs = [(k, h) for k, (_, h) in hashes.items()]
+    n_chunks = counts["chunks"]
+    assert counts["documents"] == len(hashes), "a document is present more than once"
     assert orphans == 0
     assert len(rows) == len(set(rows)) and all(r < vector_rows for r in rows)
     return set(docs), n_chunks
@@ -119,11 +117,10 @@ def clean_build(src: Path, dest: Path, model, embedder) -> tuple[Counter, list]:
 
 def index_contents(idx: Path) -> Counter:
     store = MetadataStore(idx / "meta.sqlite", readonly=True)
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(documents.c.key, chunks.c.char_start, chunks.c.char_end, chunks.c.text)
-                            .join(documents, documents.c.id == chunks.c.doc_id)).all()
+    with store.snapshot() as snap:
+        rows = snap.chunk_rows(snap.chunk_ids()).values()
     store.close()
-    return Counter(tuple(r) for r in rows)
+    return Counter((r.doc_key, r.char_start, r.char_end, r.text) for r in rows)
 
 
 def search_snapshot(idx: Path, embedder) -> list:
@@ -203,7 +200,6 @@ READER = textwrap.dedent("""
     from pathlib import Path
     from mitsuke.search import Searcher
     from mitsuke.indexer.embedding import Embedder
-    from sqlalchemy import text
     idx, model, stop = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     emb = Embedder.from_pretrained(model, device="cpu")
     while not (idx / "meta.sqlite").exists():
@@ -221,10 +217,9 @@ READER = textwrap.dedent("""
             exact = float(emb.encode_documents([h.text])[0] @ qv)
             assert abs(exact - h.score) < 3e-3, ("vector row of another chunk", h.doc_key, exact, h.score)
         s.search(q, k=5, mode="lexical")
-        with s.store.engine.connect() as conn:  # one snapshot: whole documents or nothing
-            docs = conn.execute(text("SELECT count(*) FROM documents")).scalar()
-            with_chunks = conn.execute(text("SELECT count(DISTINCT doc_id) FROM chunks")).scalar()
-            assert docs == with_chunks, (docs, with_chunks)
+        with s.store.snapshot() as snap:  # one snapshot: whole documents or nothing
+            counts, integrity = snap.counts(), snap.integrity()
+            assert integrity == {"orphan_chunks": 0, "empty_documents": 0}, (counts, integrity)
         n += 1
     print("searches", n, flush=True)
 """)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from mitsuke.indexer import IndexBuilder
 from mitsuke.indexer.errors import QueryError
 from mitsuke.search import Searcher
-from mitsuke.search.filters import compile_where, filtered_vectors, matching_chunk_ids, parse_where
+from mitsuke.search.filters import compile_where, parse_where
 
 DOCS = [
     {"id": "news/2020/東京.txt", "title": "東京", "text": "東京の記事。", "year": 2020, "lang": "ja",
@@ -31,9 +31,9 @@ def searcher(tmp_path_factory):
 
 
 def doc_keys(searcher, where):
-    with searcher.store.engine.connect() as conn:
-        ids = matching_chunk_ids(conn, where)
-        rows = searcher.store.chunk_rows(conn, ids)
+    with searcher.store.snapshot() as snap:
+        ids = snap.chunk_ids(compile_where(where))
+        rows = snap.chunk_rows(ids)
     return sorted({r.doc_key for r in rows.values()})
 
 
@@ -66,10 +66,11 @@ def test_filters_apply_to_search(searcher):
     assert searcher.search("記事", k=10, where={}) == searcher.search("記事", k=10)
 
 
-def test_values_are_bound_parameters():
+def test_values_are_bound_parameters(searcher):
     flt = compile_where({"doc_key": "x'; DROP TABLE chunks; --", "lang": "ja"})
-    assert "DROP" not in flt.clause and "ja" not in flt.clause
-    assert "x'; DROP TABLE chunks; --" in flt.params.values()
+    sql, params = searcher.store.filter_sql(flt)
+    assert "DROP" not in sql and "ja" not in sql
+    assert "x'; DROP TABLE chunks; --" in params.values()
 
 
 def test_parse_where():
@@ -85,8 +86,8 @@ def test_parse_where():
                        st.one_of(st.integers(2019, 2022), st.sampled_from(["ja", "en", "都市", "true", "2020", "*"]),
                                  st.booleans()), max_size=3))
 def test_filtered_rows_are_a_subset_matching_every_condition_alone(searcher, where):
-    with searcher.store.engine.connect() as conn:
+    with searcher.store.snapshot() as snap:
         flt = compile_where(where)
-        got = {c for c, _ in filtered_vectors(conn, flt)} if flt else matching_chunk_ids(conn, {})
+        got = {c for c, _ in snap.filtered_vectors(flt)} if flt else snap.chunk_ids()
         for key, value in where.items():
-            assert got <= matching_chunk_ids(conn, {key: value})  # AND never widens
+            assert got <= snap.chunk_ids(compile_where({key: value}))  # AND never widens

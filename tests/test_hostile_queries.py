@@ -135,7 +135,7 @@ def test_odd_but_valid_filter_keys(lexical_searcher):
                                                                  HealthCheck.too_slow])
 @given(st.text(max_size=60))
 def test_any_text_is_a_safe_query(lexical_searcher, query):
-    with lexical_searcher.store.engine.connect() as conn:
-        hits = bm25_search(conn, query, 5)
+    with lexical_searcher.store.snapshot() as snap:
+        hits = bm25_search(snap, query, 5)
     assert all(isinstance(c, int) and s >= 0 or s < 0 for c, s in hits)
     _check(lexical_searcher.search(query, k=3))

@@ -94,9 +94,9 @@ def test_filtered_lexical_returns_k_when_k_match(tmp_path):
         for k in (1, 3, 5, 9):
             got = s.search("東京", k=k, mode="lexical", where={"group": "rare"})
             assert [h.chunk_id for h in got] == want[:k]
-        with s.store.engine.connect() as conn:
+        with s.store.snapshot() as snap:
             flt = compile_where({"doc_key": "r*"})
-            assert [c for c, _ in bm25_search(conn, "東京", 2, flt)] == want[:2]
+            assert [c for c, _ in bm25_search(snap, "東京", 2, flt)] == want[:2]
 
 
 def test_queries_are_quoted_terms():
@@ -137,10 +137,10 @@ def test_common_terms_are_pruned_without_changing_the_ranking(tmp_path):
             for i in range(40)]
     with IndexBuilder.open(tmp_path / "idx", model="none") as b:
         b.add_documents(docs)
-    with Searcher.open(tmp_path / "idx") as s, s.store.engine.connect() as conn:
+    with Searcher.open(tmp_path / "idx") as s, s.store.snapshot() as snap:
         for q in ("東京にある店を見物する", "京都にする", "する", "ある東京", "大阪"):
             for k in (1, 5, 13, 40):
-                pruned = bm25_search(conn, q, k)
-                full = bm25_search(conn, q, k, n_docs=0)  # n_docs=0: no pruning
+                pruned = bm25_search(snap, q, k)
+                full = bm25_search(snap, q, k, n_docs=0)  # n_docs=0: no pruning
                 assert [c for c, _ in pruned] == [c for c, _ in full]
                 assert [sc for _, sc in pruned] == pytest.approx([sc for _, sc in full], abs=1e-4)

@@ -18,7 +18,7 @@ from mitsuke.indexer.config import ChunkConfig
 from mitsuke.indexer.errors import MitsukeError, QueryError
 from mitsuke.search import Passage, Searcher
 from mitsuke.search.context import (
-    MIN_CUT_CHARS, SPAN_SEPARATOR, ChunkPiece, Context, assemble, neighbour_chunks, retrieve_context,
+    MIN_CUT_CHARS, SPAN_SEPARATOR, ChunkPiece, Context, assemble, retrieve_context,
 )
 from mitsuke.search.extras import MissingExtraError
 
@@ -93,8 +93,8 @@ def test_context_keeps_budget_offsets_and_no_duplicates_on_real_documents(corpus
 def test_neighbours_are_the_adjacent_chunks_of_the_same_document(corpus):
     searcher, docs = corpus
     hit = searcher.search("豊岡市の年間平均降雪量はどれくらい？", k=1)[0]
-    with searcher.store.engine.connect() as conn:
-        around = neighbour_chunks(conn, [hit.chunk_id], 2)[hit.chunk_id]
+    with searcher.store.snapshot() as snap:
+        around = snap.neighbours([hit.chunk_id], 2)[hit.chunk_id]
     chunks = Chunker(ChunkConfig(max_chars=90, overlap=30)).chunk(docs[hit.doc_key], markdown=True)
     expected = [c for c in chunks if abs(c.index - hit.chunk_index) <= 2]
     assert [(p.chunk_index, p.char_start, p.char_end, p.text) for p in around] == \
@@ -118,8 +118,8 @@ def test_a_document_replaced_after_the_search_gives_no_foreign_neighbours(tmp_pa
         hits = s.search("人口", k=1)
         with IndexBuilder.open(tmp_path / "idx") as b:  # the document changes between search and assembly
             b.add_documents([{**doc, "text": "大阪は西日本の中心都市である。" * 12}])
-        with s.store.engine.connect() as conn:
-            around = neighbour_chunks(conn, [hits[0].chunk_id], 3)
+        with s.store.snapshot() as snap:
+            around = snap.neighbours([hits[0].chunk_id], 3)
         assert around == {hits[0].chunk_id: []}
         ctx = assemble(hits, around)
         assert [p.text for p in ctx] == [hits[0].text] and "大阪" not in ctx.render()

@@ -22,8 +22,6 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="needs mitsuke[ray]")
 
-from sqlalchemy import select  # noqa: E402
-
 from corpus import DATA, SENTENCES  # noqa: E402
 from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig, EmbedConfig  # noqa: E402
@@ -80,19 +78,18 @@ def single_index(corpus, tiny_model, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def contents(idx: Path) -> tuple[list, list, dict[int, int]]:
-    """Documents, chunks (with ids and offsets) and chunk id -> vector row, as stored."""
+    """Documents (id, key, hash), chunks (ids, offsets, text, headings, document fields) and chunk id -> vector row."""
     store = MetadataStore(idx / "meta.sqlite", readonly=True)
     try:
-        with store.engine.connect() as conn:
-            docs = [tuple(r) for r in conn.execute(select(
-                documents.c.id, documents.c.key, documents.c.content_hash, documents.c.title, documents.c.source_type,
-                documents.c.encoding, documents.c.meta, documents.c.n_chars).order_by(documents.c.id))]
-            rows = conn.execute(select(chunks.c.id, chunks.c.doc_id, chunks.c.chunk_index, chunks.c.char_start,
-                                       chunks.c.char_end, chunks.c.text, chunks.c.token_count, chunks.c.headings,
-                                       chunks.c.vector_row).order_by(chunks.c.id)).all()
+        with store.snapshot() as snap:
+            docs = sorted((doc_id, key, digest) for key, (doc_id, digest) in snap.document_hashes().items())
+            rows = snap.chunk_rows(snap.chunk_ids())
     finally:
         store.close()
-    return docs, [tuple(r[:-1]) for r in rows], {r[0]: r[-1] for r in rows}
+    chunk_list = [(r.id, r.doc_id, r.doc_key, r.chunk_index, r.char_start, r.char_end, r.text, r.token_count,
+                   r.headings, r.title, r.source, r.source_type, json.dumps(r.metadata, sort_keys=True))
+                  for _, r in sorted(rows.items())]
+    return docs, chunk_list, {i: r.vector_row for i, r in rows.items()}
 
 
 def vectors(idx: Path, dim: int) -> np.ndarray:
@@ -123,9 +120,10 @@ def _cmdline(pid: int) -> bytes:
 
 # --------------------------------------------------------------------------- tests
 
-def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_index, tiny_model, tiny_embedder,
-                                                 tmp_path):
-    single, single_summary = single_index
+@pytest.fixture(scope="module")
+def ray_index(ray_cluster, corpus, tiny_model, tmp_path_factory) -> dict:
+    """The corpus indexed through Ray (one CPU actor, batches of 4 documents), its embedding actor
+    SIGKILLed mid-run; what the driver saw on the way (progress events, listening sockets)."""
     events: Counter = Counter()
     sockets: list = []
     killed: list[int] = []
@@ -140,12 +138,17 @@ def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_ind
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
 
-    idx = tmp_path / "ray"
+    idx = tmp_path_factory.mktemp("ray-index") / "idx"
     with IndexBuilder.open(idx, model=str(tiny_model), chunking=CHUNKING, embed=EmbedConfig(device="cpu")) as b:
         b.on_progress = on_progress
         summary = index_with_ray(b, [corpus], actors=1, docs_per_batch=4).to_dict()
-    assert len(killed) == 1, "the embedding actor was not found: the retry was not tested"
+    return {"idx": idx, "summary": summary, "events": events, "sockets": sockets, "killed": killed}
 
+
+def test_ray_builds_what_a_single_process_builds(ray_index, single_index, tiny_embedder):
+    single, single_summary = single_index
+    idx, summary = ray_index["idx"], ray_index["summary"]
+    assert len(ray_index["killed"]) == 1, "the embedding actor was not found: the retry was not tested"
     for key in ("added", "updated", "unchanged", "deleted", "chunks_embedded"):
         assert summary[key] == single_summary[key], key
     assert summary["failed"] == single_summary["failed"] and len(summary["failed"]) == 1  # the bad JSONL line
@@ -166,41 +169,35 @@ def test_ray_builds_what_a_single_process_builds(ray_cluster, corpus, single_ind
     assert [[h[:3] for h in hits] for hits in got] == [[h[:3] for h in hits] for hits in want]
     assert np.allclose([h[3] for hits in got for h in hits], [h[3] for hits in want for h in hits], atol=2e-3)
 
-    n_inputs = len([p for p in corpus.iterdir()])
+
+def test_progress_counts_inputs_and_tokens(ray_index, corpus):
+    events, summary = ray_index["events"], ray_index["summary"]
+    n_inputs = len(list(corpus.iterdir()))
     assert events["total"] == events["inputs"] == n_inputs
     assert events["tokens"] > 0 and events["documents"] == summary["added"]
-    # Nothing of the cluster (driver, GCS, raylet, workers, actors) listens outside loopback.
-    assert sockets, "no listening socket seen: the check would prove nothing"
+
+
+def test_nothing_listens_outside_loopback(ray_index):
+    """Driver, GCS, raylet, workers and actors of the running cluster listen on 127.0.0.1 only."""
+    sockets = ray_index["sockets"]
+    assert len({pid for pid, _, _ in sockets}) >= 3, f"too few listeners seen to prove anything: {sockets}"
     outside = [s for s in sockets if not is_loopback(s[1])]
     assert not outside, f"Ray listens outside 127.0.0.1: {outside}"
 
 
-def test_unchanged_documents_are_not_sent_to_the_embedders(ray_cluster, corpus, tiny_model, tmp_path):
-    idx = tmp_path / "idx"
-    build_single(corpus, idx, tiny_model)
+def test_unchanged_documents_are_not_sent_to_the_embedders(ray_cluster, ray_index, corpus, tiny_model, tmp_path):
+    idx, src = tmp_path / "idx", tmp_path / "corpus"
+    shutil.copytree(ray_index["idx"], idx)
+    shutil.copytree(corpus, src)
+    (src / "享保.txt").write_text("享保は日本の元号の一つ。「享保の改革」😀ｶﾀｶﾅ。", encoding="utf-8")
     log = ray_cluster["embed_log"]
     _, offset = embedded_lines(log)
     with IndexBuilder.open(idx, model=str(tiny_model), embed=EmbedConfig(device="cpu")) as b:
-        summary = index_with_ray(b, [corpus])
-    assert (summary.added, summary.updated, summary.chunks_embedded) == (0, 0, 0)
-    assert summary.unchanged == len(contents(idx)[0])
-    assert embedded_lines(log, offset)[0] == []  # no worker embedded anything
-
-    changed = corpus / "changed"
-    changed.mkdir()
-    shutil.copy(corpus / "空港.txt", changed / "空港.txt")
-    (changed / "享保.txt").write_text("享保は日本の元号の一つ。「享保の改革」😀ｶﾀｶﾅ。", encoding="utf-8")
-    try:
-        with IndexBuilder.open(idx, model=str(tiny_model), embed=EmbedConfig(device="cpu")) as b:
-            before = b.known_hashes()
-            summary = index_with_ray(b, [changed])
-        # Keys under a directory are relative to it: both files replace the top-level documents
-        # of the same name; only the edited one is new content.
-        assert (summary.updated, summary.unchanged) == (1, 1)
-        sent, _ = embedded_lines(log, offset)
-        assert [k for k, _ in sent] == ["享保.txt"] and sent[0][1] != before["享保.txt"]
-    finally:
-        shutil.rmtree(changed)
+        before = b.known_hashes()
+        summary = index_with_ray(b, [src])
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 1, len(before) - 1)
+    sent, _ = embedded_lines(log, offset)
+    assert [k for k, _ in sent] == ["享保.txt"] and sent[0][1] != before["享保.txt"]  # only the edited one
 
 
 def run_driver(corpus: Path, idx: Path, model: Path, address: str, log: Path, kill_at: str | None):

@@ -14,7 +14,7 @@ from mitsuke.cli import cli
 from mitsuke.indexer.config import AnnConfig
 from mitsuke.indexer.errors import QueryError
 from mitsuke.search import Passage, Searcher
-from mitsuke.search import searcher as searcher_mod
+from mitsuke.search import dense as dense_mod
 from mitsuke.search.fusion import RRF_C
 
 PLACES = ["東京", "大阪", "京都", "札幌", "那覇", "仙台", "広島", "福岡", "ﾅｺﾞﾔ", "横浜", "神戸", "金沢"]
@@ -72,8 +72,8 @@ def stored(path):
 
 
 def ann_of(s: Searcher):
-    with s.store.engine.connect() as conn:
-        return s._ann_for(conn, s.store.generation(conn))
+    with s.store.snapshot() as snap:
+        return s._ann_for(snap)
 
 
 _QVEC_CACHE: dict[str, np.ndarray] = {}
@@ -143,7 +143,7 @@ def test_rerank_repairs_pq_order_and_no_rerank_keeps_it(ivf, ivf_index, tiny_emb
 @pytest.mark.parametrize("force_ann", [False, True])
 def test_filtered_dense_equals_brute_force(ivf, ivf_index, tiny_embedder, monkeypatch, where, pick, force_ann):
     if force_ann:  # every filter counts as broad: the ANN with an IDSelector answers
-        monkeypatch.setattr(searcher_mod, "EXACT_SCAN_ELEMENTS", 0)
+        monkeypatch.setattr(dense_mod, "EXACT_SCAN_ELEMENTS", 0)
     ids, vecs, metas = stored(ivf_index)
     mask = np.array([pick(m) for m in metas])
     n = int(mask.sum())
@@ -158,7 +158,7 @@ def test_filtered_dense_equals_brute_force(ivf, ivf_index, tiny_embedder, monkey
 
 def test_filtered_dense_returns_k_with_default_settings(ivf, ivf_index, monkeypatch):
     # A narrow filter through the IVF path: an ANN over-fetch would come back short.
-    monkeypatch.setattr(searcher_mod, "EXACT_SCAN_ELEMENTS", 0)
+    monkeypatch.setattr(dense_mod, "EXACT_SCAN_ELEMENTS", 0)
     ids, _, metas = stored(ivf_index)
     n = sum(m["group"] == 5 for m in metas)
     hits = ivf.search("東京", k=n, mode="dense", where={"group": 5})

@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 
 from corpus import SENTENCES
 from mitsuke.indexer import IndexBuilder
@@ -21,7 +20,7 @@ from mitsuke.cli import cli
 from mitsuke.indexer.config import AnnConfig
 from mitsuke.indexer.documents import document_from_mapping
 from mitsuke.indexer.errors import LockedError
-from mitsuke.indexer.store import MetadataStore, chunks, deleted_chunks
+from mitsuke.indexer.store import MetadataStore
 from mitsuke.search import Searcher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,8 +47,8 @@ def dense_results(path, embedder, queries, k=5):
 
 def live_ids(path) -> set[int]:
     store = MetadataStore(Path(path) / "meta.sqlite", readonly=True)
-    with store.engine.connect() as conn:
-        ids = {int(r[0]) for r in conn.execute(select(chunks.c.id))}
+    with store.snapshot() as snap:
+        ids = snap.chunk_ids()
     store.close()
     return ids
 
@@ -94,10 +93,11 @@ def test_vectors_are_durable_before_sqlite_refers_to_them(tmp_path, tiny_model, 
     with open_builder(idx, tiny_model, tiny_embedder) as b:
         b.add_documents(make_docs(10))
     store = MetadataStore(idx / "meta.sqlite", readonly=True)
-    with store.engine.connect() as conn:
-        rows = dict(conn.execute(select(chunks.c.id, chunks.c.vector_row)).all())
-        texts = dict(conn.execute(select(chunks.c.id, chunks.c.text)).all())
-        assert store.vector_rows(conn) == len(rows) == len(set(rows.values()))
+    with store.snapshot() as snap:
+        all_rows = snap.chunk_rows(snap.chunk_ids())
+        rows = {i: r.vector_row for i, r in all_rows.items()}
+        texts = {i: r.text for i, r in all_rows.items()}
+        assert snap.vector_rows() == len(rows) == len(set(rows.values()))
     store.close()
     stored = np.fromfile(idx / "vectors.f16", dtype=np.float16).reshape(-1, 64).astype(np.float32)
     ids = sorted(rows)
@@ -216,11 +216,11 @@ def test_compaction_reclaims_dead_rows_without_reembedding_and_keeps_results(tmp
     with open_builder(fresh, tiny_model, tiny_embedder) as f:
         f.add_documents(docs[25:])
     store = MetadataStore(idx / "meta.sqlite", readonly=True)
-    with store.engine.connect() as conn:
-        assert store.vectors_epoch(conn) == 1
-        assert store.dead_vector_rows(conn) == 0
-        assert store.vector_rows(conn) == store.counts(conn)["chunks"]
-        assert conn.execute(select(deleted_chunks)).all() == []
+    with store.snapshot() as snap:
+        assert snap.vectors_epoch() == 1
+        assert snap.dead_vector_rows() == 0
+        assert snap.vector_rows() == snap.counts()["chunks"]
+        assert snap.deleted_since(-1) == []  # every deletion record, whatever its generation
     store.close()
     assert (idx / "vectors.f16").stat().st_size == (fresh / "vectors.f16").stat().st_size
     assert not list(idx.glob("vectors.f16.compact-*"))

@@ -93,8 +93,8 @@ def test_queries_while_a_writer_commits(tmp_path, tiny_embedder):
             if mode == "raw":
                 # Scores straight from FAISS: each must be the query's cosine with that chunk's stored
                 # vector (an index changed under a running search returns ids that do not match).
-                with searcher.store.engine.connect() as conn:
-                    rows = searcher.store.chunk_rows(conn, [h.chunk_id for h in hits])
+                with searcher.store.snapshot() as snap:
+                    rows = snap.chunk_rows([h.chunk_id for h in hits])
                 stored = searcher.vectors.read([rows[h.chunk_id].vector_row for h in hits])
                 assert [h.score for h in hits] == pytest.approx(list(stored @ qvecs[q]), abs=1e-4)
             seen += 1

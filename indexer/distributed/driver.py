@@ -111,13 +111,9 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # commits in input order: the same ids as a local run
     ctx.enable_progress_bars = False  # the driver reports progress itself
-    recorded = builder.manifest.get("model")
+    recorded = builder.manifest.model  # the index's model: its directory if still there, else its hub id
     embedder = builder.embedder
-    source = revision = None
-    if recorded:
-        from mitsuke.indexer.embedding import ModelInfo
-
-        source, revision = ModelInfo.source(recorded), recorded.get("revision")
+    source, revision = (recorded.source(), recorded.revision) if recorded else (None, None)
     known = ray.put(builder.known_hashes())
     blocks = max(1, math.ceil(len(items) / max(1, inputs_per_task)))
     ds = ray.data.from_items([{"seq": i, "item": raw} for i, raw in enumerate(items)], override_num_blocks=blocks)

@@ -13,7 +13,7 @@ dtype and devices. One module per concern:
 - :mod:`.device` -- device and dtype choice
 - :mod:`.pooling` -- token vectors to a sentence vector
 - :mod:`.tokens` -- token counting for the chunker
-- :mod:`.info` -- :class:`ModelInfo`, what an index records about its model
+- :class:`ModelInfo` (what an index records about its model) lives in :mod:`mitsuke.indexer.layout`
 - :mod:`.embedder` -- :class:`Embedder`: batching, ``encode_documents`` / ``encode_queries``
 
 Only numpy and the standard library are imported here: torch and
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from mitsuke.indexer.embedding.embedder import Embedder
 from mitsuke.indexer.embedding.hub import resolve_model_dir
-from mitsuke.indexer.embedding.info import ModelInfo
+from mitsuke.indexer.layout import ModelInfo
 from mitsuke.indexer.embedding.pooling import POOLING_MODES, exclude_prompt, pool
 from mitsuke.indexer.embedding.tokens import count_tokens_with, load_token_counter
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from mitsuke.indexer.embedding.device import pick_device, pick_dtype, warn_if_slow_on_cpu
 from mitsuke.indexer.embedding.hub import resolve_model_dir
-from mitsuke.indexer.embedding.info import ModelInfo
+from mitsuke.indexer.layout import ModelInfo
 from mitsuke.indexer.embedding.pooling import check_pooling_modes, pool
 from mitsuke.indexer.embedding.st_config import read_recipe, st_max_length
 from mitsuke.indexer.embedding.tokens import count_tokens_with

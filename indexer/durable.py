@@ -1,0 +1,138 @@
+"""Durable file operations every writer of an index shares.
+
+Atomic replacement (DESIGN.md invariant 4: temp file, fsync, ``os.replace``,
+fsync of the directory) is written here once; the manifest, ``ann.faiss`` and
+the compacted ``vectors.f16`` all go through it. The single-writer lock and
+the crash tests' fault points live here too, because they are part of the same
+protocol: what a kill at any moment leaves on disk.
+
+>>> atomic_write_bytes("idx/manifest.json", b"{}")                 # doctest: +SKIP
+>>> atomic_write("idx/ann.faiss", lambda tmp: faiss.write_index(index, str(tmp)))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from mitsuke.indexer.errors import LockedError
+
+__all__ = ["fault_point", "fsync_dir", "replace_file", "atomic_write", "atomic_write_bytes", "temp_path",
+           "leftover_temp_files", "WriterLock"]
+
+_FAULT_HITS: dict[str, int] = {}
+_TEMP_SUFFIX = ".tmp"
+
+
+def fault_point(name: str) -> None:
+    """A named moment of the write path where the crash tests can kill or stall the process.
+
+    ``MITSUKE_TEST_KILL_AT=name[:n]`` sends SIGKILL to this process the n-th
+    time (default 1st) ``name`` is reached; ``MITSUKE_TEST_SLEEP=name:seconds[,...]``
+    sleeps there, widening the window for a kill from outside. Unset (always,
+    outside tests) this is one dictionary lookup.
+    """
+    kill_at = os.environ.get("MITSUKE_TEST_KILL_AT")
+    sleep_at = os.environ.get("MITSUKE_TEST_SLEEP")
+    if not kill_at and not sleep_at:
+        return
+    hits = _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    for item in (sleep_at or "").split(","):
+        point, _, secs = item.rpartition(":")
+        if point == name:
+            time.sleep(float(secs or 0.1))
+    if kill_at:
+        point, _, nth = kill_at.rpartition(":")
+        if not nth.isdigit():  # names may hold colons (before_replace:manifest.json); the count is optional
+            point, nth = kill_at, "1"
+        if point == name and hits == int(nth):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a directory's entries (a rename, a new link) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(path: str | Path) -> Path:
+    """Where an atomic write of ``path`` stages its data: a hidden name of this process in the same directory."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}{_TEMP_SUFFIX}")
+
+
+def leftover_temp_files(directory: str | Path) -> Iterator[Path]:
+    """Staged files of atomic writes that a killed writer never renamed (the writer that holds the lock removes them)."""
+    return Path(directory).glob(f".*{_TEMP_SUFFIX}")
+
+
+def replace_file(source: str | Path, target: str | Path) -> None:
+    """Rename an already fsynced ``source`` over ``target`` and make the rename durable."""
+    target = Path(target)
+    fault_point("before_replace:" + target.name)
+    os.replace(source, target)
+    fsync_dir(target.parent)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Replace ``path`` with what ``write(tmp)`` puts in a temp file: write, fsync, rename (invariant 4).
+
+    A kill at any moment leaves either the old file or the new one at ``path``,
+    never a mix; at worst a temp file that :func:`leftover_temp_files` finds.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    replace_file(tmp, path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """:func:`atomic_write` of ``data``."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+class WriterLock:
+    """An exclusive ``flock`` on the index's lock file; released by the OS if the holder dies (even kill -9).
+
+    ``path`` is the lock file itself (``IndexPaths.lock``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise LockedError(
+                    f"index {self.path.parent} is being written by another process (pid {holder}); "
+                    "wait for it to finish, there can be only one writer"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
