@@ -27,7 +27,7 @@ from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig, EmbedConfig  # noqa: E402
 from mitsuke.indexer.distributed import index_with_ray  # noqa: E402
 from mitsuke.indexer.distributed.cluster import connect, is_loopback, listening_sockets, process_tree  # noqa: E402
-from mitsuke.indexer.store import MetadataStore, chunks, documents  # noqa: E402
+from mitsuke.indexer.store import MetadataStore  # noqa: E402
 from mitsuke.search import Searcher  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
