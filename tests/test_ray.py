@@ -185,19 +185,23 @@ def test_nothing_listens_outside_loopback(ray_index):
     assert not outside, f"Ray listens outside 127.0.0.1: {outside}"
 
 
-def test_unchanged_documents_are_not_sent_to_the_embedders(ray_cluster, ray_index, corpus, tiny_model, tmp_path):
+def test_unchanged_documents_are_not_sent_to_the_embedders(ray_cluster, ray_index, corpus, tiny_model, tmp_path,
+                                                           monkeypatch):
     idx, src = tmp_path / "idx", tmp_path / "corpus"
     shutil.copytree(ray_index["idx"], idx)
     shutil.copytree(corpus, src)
     (src / "享保.txt").write_text("享保は日本の元号の一つ。「享保の改革」😀ｶﾀｶﾅ。", encoding="utf-8")
     log = ray_cluster["embed_log"]
     _, offset = embedded_lines(log)
+    monkeypatch.chdir(tmp_path)  # a relative path: the workers (other working directory) must still find it
     with IndexBuilder.open(idx, model=str(tiny_model), embed=EmbedConfig(device="cpu")) as b:
         before = b.known_hashes()
-        summary = index_with_ray(b, [src])
+        summary = index_with_ray(b, ["corpus"])
     assert (summary.added, summary.updated, summary.unchanged) == (0, 1, len(before) - 1)
     sent, _ = embedded_lines(log, offset)
     assert [k for k, _ in sent] == ["享保.txt"] and sent[0][1] != before["享保.txt"]  # only the edited one
+    sources = {c[2]: c[10] for c in contents(idx)[1]}
+    assert sources["享保.txt"] == str(Path("corpus") / "享保.txt")  # recorded as given, as a local run does
 
 
 def run_driver(corpus: Path, idx: Path, model: Path, address: str, log: Path, kill_at: str | None):

@@ -31,7 +31,7 @@ from mitsuke.indexer.distributed.cluster import connect
 from mitsuke.indexer.distributed.stages import EmbedWorker, prepare_batch
 from mitsuke.indexer.documents import LoadFailure
 from mitsuke.indexer.errors import MitsukeError
-from mitsuke.indexer.loaders import list_inputs
+from mitsuke.indexer.loaders import FileInput, list_inputs
 from mitsuke.indexer.prepared import PreparedDocument
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def index_with_ray(
     >>> with IndexBuilder.open("idx", model="./model") as b:            # doctest: +SKIP
     ...     index_with_ray(b, ["corpus/"], actors=2)
     """
-    items = [pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL)
+    items = [pickle.dumps(_absolute(x), protocol=pickle.HIGHEST_PROTOCOL)
              for x in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin)]
     if not items:
         return builder.summary
@@ -87,7 +87,8 @@ def index_with_ray(
     started_cluster = connect(address, num_cpus=num_cpus, env_vars=env)
     try:
         ds = _pipeline(builder, items, actors=actors, encoding=encoding, device=device, dtype=dtype,
-                       trust_remote_code=trust_remote_code, inputs_per_task=inputs_per_task, docs_per_batch=docs_per_batch or builder.batch_docs)
+                       trust_remote_code=trust_remote_code, inputs_per_task=inputs_per_task,
+                       docs_per_batch=docs_per_batch or builder.batch_docs)
         _emit(builder.on_progress, "total", len(items))
         try:
             builder.add_prepared(_rows(ds, len(items), builder.on_progress))
@@ -148,6 +149,14 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
         fn_constructor_kwargs={"source": source, "revision": revision, "device": actor_device, "dtype": dtype,
                                "max_length": embedder.info.max_length, "batch_tokens": embedder.batch_tokens,
                                "trust_remote_code": trust_remote_code, "threads": threads})
+
+
+def _absolute(item: Any) -> tuple[Any, str | None]:
+    """A file as workers find it (absolute: their working directory is not ours) and the path as given,
+    which the index records as the document's source, as a local run does."""
+    if isinstance(item, FileInput):
+        return FileInput(os.path.abspath(item.path), item.key), item.path
+    return item, None
 
 
 def _spread() -> dict[str, Any]:

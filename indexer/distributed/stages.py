@@ -2,8 +2,9 @@
 
 Rows flow as dictionaries of columns (Ray Data's numpy batch format):
 
-- in: ``seq`` (the input's position), ``item`` (a pickled ``FileInput``,
-  ``Document`` from standard input, or ``LoadFailure`` found while listing);
+- in: ``seq`` (the input's position), ``item`` (a pickled pair: a ``FileInput``
+  with its path as given, or a ``Document`` from standard input, or a
+  ``LoadFailure`` found while listing, and ``None``);
 - after :func:`prepare_batch`: one row per document (or per failure, or one
   empty row for an input that held no document) with ``seq``, ``last`` (the
   last row of its input: progress), ``payload`` (a pickled
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -85,8 +88,8 @@ def prepare_batch(batch: dict[str, np.ndarray], *, known: list, model_source: st
 
     for seq, raw in zip(batch["seq"], batch["item"]):
         seq = int(seq)
-        item = pickle.loads(raw)
-        docs = load_input(item, encoding) if isinstance(item, FileInput) else [item]
+        item, shown = pickle.loads(raw)
+        docs = _as_given(load_input(item, encoding), item.path, shown) if isinstance(item, FileInput) else [item]
         n_before = len(out["seq"])
         for doc in docs:
             if isinstance(doc, LoadFailure):
@@ -101,6 +104,18 @@ def prepare_batch(batch: dict[str, np.ndarray], *, known: list, model_source: st
         if not embed:
             out["texts"][n_before:] = [b""] * (len(out["seq"]) - n_before)
     return out
+
+
+def _as_given(docs: Iterable[Document | LoadFailure], real: str, shown: str | None
+              ) -> Iterator[Document | LoadFailure]:
+    """Documents and failures naming the path as the user gave it (``source``), not the absolute one read."""
+    for doc in docs:
+        if shown is None or shown == real:
+            yield doc
+        elif isinstance(doc, LoadFailure):
+            yield LoadFailure(shown + doc.path[len(real):] if doc.path.startswith(real) else doc.path, doc.reason)
+        else:
+            yield replace(doc, source=shown) if doc.source == real else doc
 
 
 def _prepare(doc: Document, chunker: Chunker, chunking: dict[str, Any]) -> tuple[Any, list[str] | None]:
