@@ -236,3 +236,17 @@ def test_killed_driver_leaves_an_index_and_the_rerun_embeds_nothing_committed(
     assert again and not committed & set(again), "a committed document was embedded again"
     single, _ = single_index
     assert contents(idx)[:2] == contents(single)[:2]
+
+
+def test_lexical_only_index_needs_no_actors_and_equals_a_local_build(ray_cluster, corpus, tmp_path):
+    single, distributed = tmp_path / "single", tmp_path / "ray"
+    with IndexBuilder.open(single, model="none", chunking=CHUNKING) as b:
+        b.add_paths([corpus])
+    with IndexBuilder.open(distributed, model="none", chunking=CHUNKING) as b:
+        summary = index_with_ray(b, [corpus])
+    assert summary.added > 0 and summary.chunks_embedded == 0
+    assert contents(distributed)[:2] == contents(single)[:2]
+    with Searcher.open(distributed) as s, Searcher.open(single) as t:
+        for q in QUERIES:
+            assert [(h.doc_key, h.char_start, h.score) for h in s.search(q, k=5)] == \
+                   [(h.doc_key, h.char_start, h.score) for h in t.search(q, k=5)]

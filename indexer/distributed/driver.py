@@ -116,21 +116,23 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
     embedder = builder.embedder
     source, revision = (recorded.source(), recorded.revision) if recorded else (None, None)
     known = ray.put(builder.known_hashes())
-    blocks = max(1, math.ceil(len(items) / max(1, inputs_per_task)))
+    resources = ray.cluster_resources()
+    cpus = int(resources.get("CPU", 1))
+    # Enough blocks for every CPU to load and chunk at once, few enough inputs per task to stream.
+    blocks = min(len(items), max(math.ceil(len(items) / max(1, inputs_per_task)), cpus))
     ds = ray.data.from_items([{"seq": i, "item": raw} for i, raw in enumerate(items)], override_num_blocks=blocks)
     ds = ds.map_batches(
-        # Tasks spread over the cluster's nodes; a remote-args function also keeps Ray Data from fusing
-        # this CPU work into the embedding actors, where it would hold the GPUs idle.
         prepare_batch, batch_format="numpy", batch_size=inputs_per_task, num_cpus=1,
-        ray_remote_args_fn=_spread,
         fn_kwargs={"known": [known], "model_source": source, "revision": revision,
                    "chunking": dict(builder.chunk_config.__dict__), "encoding": encoding,
                    "embed": embedder is not None})
     if embedder is None:
         return ds
-    resources = ray.cluster_resources()
+    # Re-cut the prepared documents into blocks of docs_per_batch (streaming, order kept): one big
+    # JSONL file must feed every actor, not one. It also keeps Ray Data from fusing the CPU work
+    # into the embedding actors, where it would leave the GPUs idle.
+    ds = ds.repartition(target_num_rows_per_block=docs_per_batch)
     gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
-    cpus = int(resources.get("CPU", 1))
     if gpus:
         pool = actors or gpus
         per_actor: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
@@ -138,9 +140,11 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
         actor_device = "cuda" if device == "auto" else device
     else:
         pool = actors or 1
-        # The actors share the CPUs but one, which the preparing tasks keep.
-        threads = max(1, (cpus - 1) // pool)
-        per_actor = {"num_cpus": threads}
+        # The actors share the CPUs but one, which the preparing tasks keep (a pool larger than
+        # the CPUs gets fractions: it must never hold every CPU, or no task could prepare its input).
+        share = max(cpus - 1, 0) / pool
+        threads = max(1, int(share))
+        per_actor = {"num_cpus": share}
         actor_device = "cpu"
     log.info("embedding on %d %s actor(s) of the cluster (%s)", pool, "GPU" if gpus else "CPU", resources)
     return ds.map_batches(
@@ -157,10 +161,6 @@ def _absolute(item: Any) -> tuple[Any, str | None]:
     if isinstance(item, FileInput):
         return FileInput(os.path.abspath(item.path), item.key), item.path
     return item, None
-
-
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
 
 
 def _rows(ds: Any, total: int, on_progress: Callable[[str, int], None] | None
