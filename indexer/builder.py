@@ -45,7 +45,7 @@ from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
-from mitsuke.indexer.loaders import iter_documents
+from mitsuke.indexer.loaders import FormatOptions, iter_documents
 from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
@@ -249,10 +249,10 @@ class IndexBuilder:
 
     # ------------------------------------------------------------------ adding
     def add_paths(self, paths: Iterable[str], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                  encoding: str | None = None, stdin=None) -> IndexSummary:
-        """Index files, directories (recursive) and ``-`` (JSONL on stdin)."""
+                  encoding: str | None = None, stdin=None, formats: FormatOptions | None = None) -> IndexSummary:
+        """Index files, directories (recursive) and ``-`` (JSONL on stdin); ``formats``: PDF/CSV options."""
         return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
-                                                 stdin=stdin))
+                                                 stdin=stdin, formats=formats))
 
     def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
         """Add or update documents; unchanged ones (same key and content hash) are skipped.
@@ -325,7 +325,7 @@ class IndexBuilder:
             return
         known = self._known.get(doc.key)
         try:
-            chunks = self.chunker.chunk(doc.text, markdown=doc.source_type == "markdown")
+            chunks = self.chunker.chunk(doc.text, markdown=doc.has_headings, breaks=doc.page_starts)
         except Exception as exc:  # a chunker bug on one document must not end the run
             log.exception("chunking failed for %s", doc.key)
             self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")
@@ -389,7 +389,7 @@ class IndexBuilder:
                     "key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
                     "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
                     "n_chars": doc.n_chars if isinstance(doc, PreparedDocument) else len(doc.text),
-                    "generation": generation,
+                    "generation": generation, "page_starts": list(doc.page_starts) or None,
                 })
                 doc_ids[doc.key] = doc_id
                 for c in p.chunks:

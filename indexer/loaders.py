@@ -1,5 +1,7 @@
 """Read files and JSONL into ``Document``s, detecting Japanese encodings.
 
+PDF, Word (.docx) and CSV/TSV files are handed to ``indexer.formats``.
+
 Every problem with one input becomes a ``LoadFailure`` (path + reason) in the
 stream; the caller reports it and goes on. Nothing here aborts a run.
 """
@@ -22,6 +24,7 @@ from typing import BinaryIO
 from mitsuke.indexer.documents import Document, LoadFailure, check_text, content_hash, document_from_mapping
 from mitsuke.indexer.decoding import BOMS, decode_bytes, normal_encoding_name
 from mitsuke.indexer.errors import LoadError
+from mitsuke.indexer.formats import FORMAT_SUFFIXES, FormatOptions, load_format
 
 __all__ = [
     "Document",
@@ -35,6 +38,7 @@ __all__ = [
     "FileInput",
     "list_inputs",
     "load_input",
+    "FormatOptions",
 ]
 
 log = logging.getLogger("mitsuke")
@@ -43,7 +47,7 @@ TEXT_SUFFIXES = {".txt", ".text"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES
+SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES | FORMAT_SUFFIXES
 
 # --------------------------------------------------------------------------- HTML
 
@@ -174,9 +178,13 @@ def documents_from_jsonl(
 
 # --------------------------------------------------------------------------- files
 
-def _load_file(path: Path, key: str, encoding: str | None) -> Iterator[Document | LoadFailure]:
+def _load_file(path: Path, key: str, encoding: str | None,
+               formats: FormatOptions | None = None) -> Iterator[Document | LoadFailure]:
     spath = str(path)
     suffix = path.suffix.lower()
+    if suffix in FORMAT_SUFFIXES:
+        yield from load_format(path, key, encoding, formats)
+        return
     try:
         if suffix in JSONL_SUFFIXES:
             with open(path, "rb") as fh:
@@ -290,6 +298,7 @@ def iter_documents(
     exclude: tuple[str, ...] = (),
     encoding: str | None = None,
     stdin: BinaryIO | None = None,
+    formats: FormatOptions | None = None,
 ) -> Iterator[Document | LoadFailure]:
     """Yield a ``Document`` or a ``LoadFailure`` for every input under ``paths``.
 
@@ -298,6 +307,7 @@ def iter_documents(
     JSONL from standard input. Only known suffixes are read from directories
     (``SUFFIXES``) unless ``include`` globs say otherwise; ``exclude`` globs win.
     Globs match the relative path or the file name (``*.md``, ``notes/*``).
+    ``formats`` says how PDF and CSV/TSV files are read (``FormatOptions``).
     Nothing here raises for a bad input; an unknown ``encoding`` raises
     ``LoadError`` before anything is read.
 
@@ -308,7 +318,7 @@ def iter_documents(
         encoding = normal_encoding_name(encoding)
     for item in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin):
         if isinstance(item, FileInput):
-            yield from load_input(item, encoding)
+            yield from load_input(item, encoding, formats)
         else:
             yield item
 
@@ -349,9 +359,10 @@ def list_inputs(
             yield LoadFailure(str(path), "not a regular file (broken symlink, symlink loop, FIFO or device)")
 
 
-def load_input(item: FileInput, encoding: str | None = None) -> Iterator[Document | LoadFailure]:
-    """The document(s) of one listed file (several for JSONL); problems become ``LoadFailure``."""
-    return _load_file(Path(item.path), item.key, normal_encoding_name(encoding) if encoding else None)
+def load_input(item: FileInput, encoding: str | None = None,
+               formats: FormatOptions | None = None) -> Iterator[Document | LoadFailure]:
+    """The document(s) of one listed file (several for JSONL and CSV); problems become ``LoadFailure``."""
+    return _load_file(Path(item.path), item.key, normal_encoding_name(encoding) if encoding else None, formats)
 
 
 def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]

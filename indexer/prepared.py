@@ -47,6 +47,7 @@ class PreparedDocument:
     chunks: list[Chunk] | None = None
     terms: list[str] = field(default_factory=list)  # one space-joined term string per chunk
     vectors: np.ndarray | None = None  # float16 (len(chunks), dim), unit length
+    page_starts: tuple[int, ...] = ()  # paged documents (PDF): offset where each page begins
 
 
 def embedding_input(chunk_text: str, title: str, headings: tuple[str, ...], with_context: bool) -> str:
@@ -72,10 +73,10 @@ def prepare_document(doc: Document, chunker: Chunker, *, title_context: bool) ->
 
     A chunker error propagates: the caller turns it into a ``LoadFailure`` as the builder does.
     """
-    chunks = chunker.chunk(doc.text, markdown=doc.source_type == "markdown")
+    chunks = chunker.chunk(doc.text, markdown=doc.has_headings, breaks=doc.page_starts)
     prepared = PreparedDocument(
         key=doc.key, content_hash=doc.content_hash, title=doc.title, source=doc.source,
         source_type=doc.source_type, encoding=doc.encoding, metadata=doc.metadata, n_chars=len(doc.text),
-        chunks=chunks, terms=chunk_terms(chunks, doc.title))
+        chunks=chunks, terms=chunk_terms(chunks, doc.title), page_starts=tuple(doc.page_starts))
     texts = [embedding_input(c.text, doc.title, c.headings, title_context) for c in chunks]
     return prepared, texts

@@ -23,6 +23,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="needs mitsuke[ray]")
 
 from corpus import DATA, SENTENCES  # noqa: E402
+from jadocs import write_pdf  # noqa: E402
 from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.indexer.config import ChunkConfig, EmbedConfig  # noqa: E402
 from mitsuke.indexer.distributed import index_with_ray  # noqa: E402
@@ -50,7 +51,7 @@ def ray_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """data/ plus JSONL documents (metadata, an id-less line, a bad line), a CP932 file and an empty JSONL."""
+    """data/ plus JSONL documents (metadata, an id-less line, a bad line), CP932, a PDF, a CSV, an empty JSONL."""
     root = tmp_path_factory.mktemp("ray-corpus")
     for p in DATA.iterdir():
         if p.suffix in (".txt", ".md"):
@@ -62,6 +63,8 @@ def corpus(tmp_path_factory) -> Path:
     (root / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "empty.jsonl").write_text("", encoding="utf-8")
     (root / "シフトJIS.txt").write_bytes(("ｶﾀｶﾅと全角１２３。" + SENTENCES[1] * 3).encode("cp932"))
+    write_pdf(root / "報告書.pdf", [SENTENCES[4] * 3, SENTENCES[6] * 3])  # pages: chunks keep page breaks
+    (root / "表.csv").write_text("名前,説明\n東京,首都である。\n大阪,「天下の台所」。\n", encoding="utf-8")
     return root
 
 
@@ -84,11 +87,13 @@ def contents(idx: Path) -> tuple[list, list, dict[int, int]]:
         with store.snapshot() as snap:
             docs = sorted((doc_id, key, digest) for key, (doc_id, digest) in snap.document_hashes().items())
             rows = snap.chunk_rows(snap.chunk_ids())
+            pages = snap.page_starts_of_chunks(list(rows))
     finally:
         store.close()
     chunk_list = [(r.id, r.doc_id, r.doc_key, r.chunk_index, r.char_start, r.char_end, r.text, r.token_count,
                    r.headings, r.title, r.source, r.source_type, json.dumps(r.metadata, sort_keys=True))
                   for _, r in sorted(rows.items())]
+    docs = [(*d, pages.get(d[1], ())) for d in docs]
     return docs, chunk_list, {i: r.vector_row for i, r in rows.items()}
 
 
@@ -101,7 +106,7 @@ def search_results(idx: Path, embedder) -> list:
     with Searcher.open(idx, embedder=embedder) as s:
         for q in QUERIES:
             for mode in ("dense", "lexical", "hybrid"):
-                out.append([(h.doc_key, h.char_start, h.char_end, h.score)
+                out.append([(h.doc_key, h.char_start, h.char_end, h.pages, h.score)
                             for h in s.search(q, k=5, mode=mode)])
     return out
 
@@ -155,6 +160,7 @@ def test_ray_builds_what_a_single_process_builds(ray_index, single_index, tiny_e
     docs_s, chunks_s, rows_s = contents(single)
     docs_r, chunks_r, rows_r = contents(idx)
     assert docs_r == docs_s and len(docs_r) == summary["added"]
+    assert [d[3] for d in docs_r if d[1] == "報告書.pdf"][0], "the PDF lost its pages"
     assert chunks_r == chunks_s and len(chunks_r) == summary["chunks_embedded"] > len(docs_r)
     dim = tiny_embedder.dim
     vs, vr = vectors(single, dim), vectors(idx, dim)
@@ -166,8 +172,8 @@ def test_ray_builds_what_a_single_process_builds(ray_index, single_index, tiny_e
     assert (np.abs(a - r) <= step).all(), f"vectors differ by up to {np.abs(a - r).max()}"
     assert (a != r).mean() < 0.01
     got, want = search_results(idx, tiny_embedder), search_results(single, tiny_embedder)
-    assert [[h[:3] for h in hits] for hits in got] == [[h[:3] for h in hits] for hits in want]
-    assert np.allclose([h[3] for hits in got for h in hits], [h[3] for hits in want for h in hits], atol=2e-3)
+    assert [[h[:4] for h in hits] for hits in got] == [[h[:4] for h in hits] for hits in want]
+    assert np.allclose([h[4] for hits in got for h in hits], [h[4] for hits in want for h in hits], atol=2e-3)
 
 
 def test_progress_counts_inputs_and_tokens(ray_index, corpus):

@@ -31,7 +31,7 @@ from mitsuke.indexer.distributed.cluster import connect
 from mitsuke.indexer.distributed.stages import EmbedWorker, prepare_batch
 from mitsuke.indexer.documents import LoadFailure
 from mitsuke.indexer.errors import MitsukeError
-from mitsuke.indexer.loaders import FileInput, list_inputs
+from mitsuke.indexer.loaders import FileInput, FormatOptions, list_inputs
 from mitsuke.indexer.prepared import PreparedDocument
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ def index_with_ray(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    formats: FormatOptions | None = None,
     inputs_per_task: int = 8,
     docs_per_batch: int | None = None,
     num_cpus: int | None = None,
@@ -67,6 +68,7 @@ def index_with_ray(
 
     ``address``: ``None`` starts a local cluster bound to 127.0.0.1 (or uses
     the Ray this process already initialised), else joins that cluster.
+    ``formats``: how PDF and CSV/TSV files are read, as for a local run.
     ``actors``: embedding actors (default: one per GPU of the cluster, else one
     CPU actor using all CPUs but one). ``device``/``dtype`` as for a local run
     (``auto``: CUDA + bfloat16 on GPU actors, float32 on CPU ones). The model
@@ -87,7 +89,7 @@ def index_with_ray(
     started_cluster = connect(address, num_cpus=num_cpus, env_vars=env)
     try:
         ds = _pipeline(builder, items, actors=actors, encoding=encoding, device=device, dtype=dtype,
-                       trust_remote_code=trust_remote_code, inputs_per_task=inputs_per_task,
+                       trust_remote_code=trust_remote_code, formats=formats, inputs_per_task=inputs_per_task,
                        docs_per_batch=docs_per_batch or builder.batch_docs)
         _emit(builder.on_progress, "total", len(items))
         try:
@@ -105,7 +107,8 @@ def index_with_ray(
 
 
 def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, encoding: str | None, device: str,
-              dtype: str, trust_remote_code: bool, inputs_per_task: int, docs_per_batch: int) -> Any:
+              dtype: str, trust_remote_code: bool, formats: FormatOptions | None, inputs_per_task: int,
+              docs_per_batch: int) -> Any:
     import ray
     import ray.data
 
@@ -125,7 +128,7 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
         prepare_batch, batch_format="numpy", batch_size=inputs_per_task, num_cpus=1,
         fn_kwargs={"known": [known], "model_source": source, "revision": revision,
                    "chunking": dict(builder.chunk_config.__dict__), "encoding": encoding,
-                   "embed": embedder is not None})
+                   "embed": embedder is not None, "formats": formats})
     if embedder is None:
         return ds
     # Re-cut the prepared documents into blocks of docs_per_batch (streaming, order kept): one big

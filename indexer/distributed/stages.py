@@ -30,7 +30,7 @@ import numpy as np
 from mitsuke.indexer.chunking import Chunker
 from mitsuke.indexer.config import ChunkConfig
 from mitsuke.indexer.documents import Document, LoadFailure
-from mitsuke.indexer.loaders import FileInput, load_input
+from mitsuke.indexer.loaders import FileInput, FormatOptions, load_input
 from mitsuke.indexer.prepared import PreparedDocument, prepare_document
 
 __all__ = ["prepare_batch", "EmbedWorker", "OUTPUT_COLUMNS"]
@@ -68,7 +68,8 @@ def _known_hashes(ref_box: list) -> dict[str, str]:
 
 
 def prepare_batch(batch: dict[str, np.ndarray], *, known: list, model_source: str | None, revision: str | None,
-                  chunking: dict[str, Any], encoding: str | None, embed: bool) -> dict[str, list]:
+                  chunking: dict[str, Any], encoding: str | None, embed: bool,
+                  formats: FormatOptions | None = None) -> dict[str, list]:
     """Load, decode, hash, chunk and analyse a batch of inputs (a Ray Data task).
 
     A document whose key and content hash the index already holds is not
@@ -89,7 +90,7 @@ def prepare_batch(batch: dict[str, np.ndarray], *, known: list, model_source: st
     for seq, raw in zip(batch["seq"], batch["item"]):
         seq = int(seq)
         item, shown = pickle.loads(raw)
-        docs = _as_given(load_input(item, encoding), item.path, shown) if isinstance(item, FileInput) else [item]
+        docs = _as_given(load_input(item, encoding, formats), item.path, shown) if isinstance(item, FileInput) else [item]
         n_before = len(out["seq"])
         for doc in docs:
             if isinstance(doc, LoadFailure):

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from mitsuke.cli.formats import format_config, format_options
 from mitsuke.cli.options import CONTEXT, index_option, json_option
 
 __all__ = ["index", "chunk"]
@@ -42,9 +43,11 @@ __all__ = ["index", "chunk"]
                    "or CPUs; with host:port, join that cluster. Put it after the paths, or write --ray=ADDRESS.")
 @click.option("--actors", type=click.IntRange(min=1), default=None,
               help="With --ray: embedding actors (default: one per GPU, else one CPU actor).")
+@format_options
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, ray_address, actors, as_json):
+          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, ray_address, actors, as_json,
+          csv_mode, csv_column, pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -74,6 +77,7 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
     # With --ray the driver only describes the model (and counts nothing): its copy stays off the GPUs.
     embed = EmbedConfig(device="cpu" if ray_address else device, dtype="float32" if ray_address else dtype,
                         trust_remote_code=trust_remote_code)
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
     started = time.monotonic()
     ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
@@ -103,9 +107,9 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
 
             index_with_ray(builder, paths, address=None if ray_address == "local" else ray_address, actors=actors,
                            include=include, exclude=exclude, encoding=encoding, device=device, dtype=dtype,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, formats=formats)
         else:
-            builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding)
+            builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding, formats=formats)
         if prune:
             builder.prune()
     if bar is not None:
@@ -153,8 +157,10 @@ def _tokens(bar, n: int) -> str:
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
+@format_options
 @json_option
-def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json):
+def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json, csv_mode, csv_column,
+          pdf_max_pages):
     """Preview how PATHs would be chunked, without building an index.
 
     With --json, one object per line: doc_key, chunk_index, char_start,
@@ -171,6 +177,7 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     from mitsuke.indexer.chunking import Chunker
     from mitsuke.indexer.config import ChunkConfig
     from mitsuke.indexer.loaders import LoadFailure, iter_documents
+    from mitsuke.indexer.pages import pages_of
 
     lexical = model.lower() == "none"
     if max_chars is not None and not lexical:
@@ -193,14 +200,17 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     failed = 0
-    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding):
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
+    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats):
         if isinstance(item, LoadFailure):
             failed += 1
             click.echo(f"failed: {item.path}: {item.reason}", err=True)
             continue
-        for c in chunker.chunk(item.text, markdown=item.source_type == "markdown"):
+        for c in chunker.chunk(item.text, markdown=item.has_headings, breaks=item.page_starts):
             if as_json:
-                click.echo(json.dumps({"doc_key": item.key, **c.to_dict()}, ensure_ascii=False))
+                pages = pages_of(item.page_starts, c.char_start, c.char_end)
+                click.echo(json.dumps({"doc_key": item.key, **c.to_dict(), **({"pages": list(pages)} if pages else {})},
+                                      ensure_ascii=False))
             else:
                 head = " > ".join(c.headings)
                 click.echo(f"{item.key}#{c.index} [{c.char_start}:{c.char_end}] {c.token_count} "
