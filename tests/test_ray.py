@@ -64,7 +64,7 @@ def corpus(tmp_path_factory) -> Path:
     (root / "empty.jsonl").write_text("", encoding="utf-8")
     (root / "シフトJIS.txt").write_bytes(("ｶﾀｶﾅと全角１２３。" + SENTENCES[1] * 3).encode("cp932"))
     write_pdf(root / "報告書.pdf", [SENTENCES[4] * 3, SENTENCES[6] * 3])  # pages: chunks keep page breaks
-    (root / "表.csv").write_text("名前,説明\n東京,首都である。\n大阪,「天下の台所」。\n", encoding="utf-8")
+    (root / "表.csv").write_text("名前,text\n東京,首都である。\n大阪,「天下の台所」と呼ばれる。\n", encoding="utf-8")
     return root
 
 
