@@ -15,6 +15,8 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias, Select
 
+from mitsuke.indexer.store.hooks import DialectHooks
+from mitsuke.indexer.store.listing import ListingMixin
 from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
     BUILTIN_FIELDS, ChunkPiece, ChunkRow, Filter, batches, chunks, deleted_chunks, documents,
@@ -49,7 +51,7 @@ MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_substrings]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SqlStore(PagingMixin):
+class SqlStore(DialectHooks, ListingMixin, PagingMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
     Write methods take the ``Connection`` of a ``begin()`` block; read methods
@@ -85,75 +87,6 @@ class SqlStore(PagingMixin):
         """
         with self.engine.connect() as conn:
             yield Snapshot(self, conn)
-
-    # ------------------------------------------------------------------ dialect hooks
-    def _prepare(self) -> None:
-        """Dialect: set up the database before the first write transaction (SQLite: WAL)."""
-
-    def _create_lexical(self, conn: Connection) -> None:
-        """Dialect: create the lexical index of chunk terms (migration 1)."""
-        raise NotImplementedError
-
-    def _insert_terms(self, conn: Connection, ids: Sequence[int], terms: Sequence[str]) -> None:
-        """Dialect: index the space-joined lexical ``terms`` of the chunks ``ids``."""
-        raise NotImplementedError
-
-    def _delete_terms(self, conn: Connection, ids: Sequence[int]) -> None:
-        """Dialect: drop the lexical terms of the chunks ``ids``."""
-        raise NotImplementedError
-
-    def _create_substrings(self, conn: Connection) -> None:
-        """Dialect: create (and fill from ``chunks``) the substring index of passage texts (migration 3)."""
-        raise NotImplementedError
-
-    def _insert_substrings(self, conn: Connection, rows: Sequence[tuple[int, str]]) -> None:
-        """Dialect: index the (chunk id, text) ``rows`` for substring matching."""
-        raise NotImplementedError
-
-    def _delete_substrings(self, conn: Connection, ids: Sequence[int]) -> None:
-        """Dialect: drop the chunks ``ids`` from the substring index (their rows still exist)."""
-        raise NotImplementedError
-
-    def _after_migrate(self, conn: Connection) -> None:
-        """Dialect: checks a writer makes once the schema is current (SQLite: the substring form)."""
-
-    def has_substrings(self, conn: Connection) -> bool:
-        """Dialect: whether this index has the substring index (indexes older than migration 3 have not)."""
-        raise NotImplementedError
-
-    def substring_bm25(self, conn: Connection, phrases: Sequence[str], k: int, flt: Filter | None = None
-                       ) -> list[tuple[int, float]]:
-        """Dialect: the ``k`` passages whose normalised text holds any of ``phrases``, by BM25 (higher better)."""
-        raise NotImplementedError
-
-    def next_chunk_id(self, conn: Connection) -> int:
-        """Dialect: the id the next chunk gets; ids are never reused (invariant 3)."""
-        raise NotImplementedError
-
-    def bm25(self, conn: Connection, terms: Sequence[str], k: int, flt: Filter | None = None
-             ) -> list[tuple[int, float]]:
-        """Dialect: the ``k`` passages holding any of ``terms`` with the best Okapi BM25 score.
-
-        (chunk id, score; higher is better), ties broken by chunk id; with
-        ``flt`` only the matching passages. Scores are FTS5's bm25() with
-        k1 = 1.2, b = 0.75, negated; another dialect must give the same numbers.
-        """
-        raise NotImplementedError
-
-    def term_doc_freq(self, conn: Connection, terms: Sequence[str]) -> dict[str, int]:
-        """Dialect: how many passages hold each of ``terms`` (absent terms are left out)."""
-        raise NotImplementedError
-
-    def _glob(self, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
-        """Dialect: ``column`` matches the case-sensitive glob ``pattern`` (``*``, ``?``, ``[...]``)."""
-        raise NotImplementedError
-
-    def _metadata_match(self, d: Alias, key: str, value: Any, tag: str) -> ColumnElement[bool]:
-        """Dialect: the metadata JSON of ``d`` holds ``value`` at ``key`` (see ``search.filters``).
-
-        ``tag`` makes the statement's bound parameter names unique.
-        """
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ schema
     def _migrate(self, conn: Connection) -> None:
@@ -444,3 +377,13 @@ class Snapshot:
 
     def page_starts_of_chunks(self, chunk_ids: Iterable[int]) -> dict[str, tuple[int, ...]]:
         return self.store.page_starts_of_chunks(self.conn, chunk_ids)
+
+    def list_documents(self, *, offset: int = 0, limit: int = 100, prefix: str | None = None
+                       ) -> list[dict[str, Any]]:
+        return self.store.list_documents(self.conn, offset=offset, limit=limit, prefix=prefix)
+
+    def count_documents(self, prefix: str | None = None) -> int:
+        return self.store.count_documents(self.conn, prefix)
+
+    def document_chunks(self, key: str) -> tuple[dict[str, Any], list[ChunkRow]] | None:
+        return self.store.document_chunks(self.conn, key)
