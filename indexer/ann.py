@@ -338,13 +338,25 @@ class AnnIndex:
         return scores, ids
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> None:
-        """Write the CPU index atomically: temp file, fsync, replace (invariant 4)."""
+    def save(self, path: str | Path) -> tuple[int, int]:
+        """Write the CPU index atomically: temp file, fsync, replace (invariant 4); returns (size, CRC32)."""
+        from mitsuke.indexer.checksums import file_crc32
+        from mitsuke.indexer.errors import StorageError
+
+        out: list[tuple[int, int]] = []
+
         def write(tmp: Path) -> None:
-            _faiss().write_index(self.index, str(tmp))
+            try:
+                _faiss().write_index(self.index, str(tmp))
+            except RuntimeError as exc:  # FAISS reports a failed write (disk full) as RuntimeError
+                Path(tmp).unlink(missing_ok=True)
+                why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                raise StorageError(f"{path}: could not write the ANN index ({why}); is the disk full?") from None
+            out.append(file_crc32(tmp))
             fault_point("ann_written")  # a kill here leaves a temp file and the old ann.faiss
 
         atomic_write(path, write)
+        return out[0]
 
     @classmethod
     def load(cls, path: str | Path, params: AnnParams) -> "AnnIndex":

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.checksums import Block, extend_blocks, file_blocks
+from mitsuke.indexer.identity import adopt_identity, check_files_beside
 from mitsuke.indexer.chunking import Chunk, Chunker
 from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
 from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
@@ -48,6 +50,7 @@ from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnSt
 from mitsuke.indexer.loaders import FormatOptions, iter_documents
 from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
+from mitsuke.indexer.salvage import Salvage, reembed_missing, settle_vectors
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
 
@@ -69,13 +72,14 @@ class IndexSummary:
     deleted: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     chunks_embedded: int = 0
+    chunks_added: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
             "deleted": self.deleted, "failed": list(self.failed),
-            "chunks_embedded": self.chunks_embedded, "seconds": round(self.seconds, 3),
+            "chunks_embedded": self.chunks_embedded, "chunks_added": self.chunks_added, "seconds": round(self.seconds, 3),
         }
 
 
@@ -122,19 +126,23 @@ class IndexBuilder:
         self._started = time.monotonic()
         self._closed = False
         with self.store.begin() as conn:
-            self._known = self.store.document_hashes(conn)
-            self.generation = self.store.generation(conn)
-            committed_rows = self.store.vector_rows(conn)
+            self.manifest = adopt_identity(self.store, conn, manifest, self.paths)
             epoch = self.store.vectors_epoch(conn)
         self.ann: AnnIndex | None = None
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
+        self._sums: dict[int, Block] = {}
+        self.salvage = Salvage()
         _remove_temp_files(path)
         if self.vectors is not None:
             self.vectors.tidy(epoch)
-            if self.vectors.rows_on_disk != committed_rows:
-                log.info("reclaiming %d uncommitted vector rows", self.vectors.rows_on_disk - committed_rows)
-            self.vectors.truncate(committed_rows)
+            # Never truncated or extended to agree with SQLite: damaged rows are salvaged (indexer.salvage).
+            self._sums, self.salvage = settle_vectors(self.store, self.vectors, self._embed_chunks)
+            self.vectors.expect(self._sums)
+        with self.store.begin() as conn:
+            self._known = self.store.document_hashes(conn)
+            self.generation = self.store.generation(conn)
+        if self.vectors is not None:
             self._open_ann()
 
     # ------------------------------------------------------------------ opening
@@ -148,6 +156,7 @@ class IndexBuilder:
         ann: AnnConfig | None = None,
         embed: EmbedConfig | None = None,
         embedder: Embedder | None = None,
+        load_model: bool = True,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.
@@ -155,9 +164,16 @@ class IndexBuilder:
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
         index, or ``None`` to use the index's own model (the default model for a
         new index). An existing index refuses another model.
+        ``load_model=False`` opens an existing index without loading its model:
+        it can delete, compact, settle and rebuild (``mitsuke docs delete``,
+        ``compact``, ``repair`` when the model cannot be loaded), not add
+        documents (that raises ``MitsukeError``).
         """
         path = Path(path)
         paths = IndexPaths(path)
+        # What this call creates is removed again if opening fails: directories, LOCK, a first manifest.
+        created = [p for p in (path, *path.parents) if not p.exists()]
+        created_files = [f for f in (paths.lock, paths.manifest) if not f.exists()]
         path.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(paths.lock)
         lock.acquire()
@@ -165,6 +181,7 @@ class IndexBuilder:
             manifest = Manifest.read(path)
             if manifest is None and paths.meta.exists():
                 raise IndexFormatError(f"{path} has {META_FILE} but no {MANIFEST_FILE}: not a complete mitsuke index")
+            check_files_beside(paths, manifest)
             embed = embed or EmbedConfig()
             wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
             if embedder is not None and model is None:
@@ -183,7 +200,9 @@ class IndexBuilder:
                         f"index {path} was built with chunking {asdict(manifest.chunking)}; "
                         "changing it needs a new index"
                     )
-            if embedder is None and not lexical_only:
+            if not load_model and manifest is None:
+                raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE}); nothing to change")
+            if embedder is None and not lexical_only and load_model:
                 from mitsuke.indexer.embedding import Embedder
 
                 recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
@@ -208,6 +227,7 @@ class IndexBuilder:
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
+            _remove_created(created_files, created)
             raise
 
     def _open_ann(self) -> None:
@@ -216,7 +236,8 @@ class IndexBuilder:
             return
         with self.store.begin() as conn:
             self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
-                                         saved.generation, self.generation)
+                                         saved.generation, self.generation, saved=saved,
+                                         index_id=self.manifest.index_id)
         if changed:
             self._save_ann()
 
@@ -315,7 +336,8 @@ class IndexBuilder:
             self.flush()
 
     def _fail(self, path: str, reason: str) -> None:
-        log.warning("skipped %s: %s", path, reason)
+        # Reported once, by whoever reads summary.failed (the CLI prints it); logged for -v.
+        log.info("skipped %s: %s", path, reason)
         self.summary.failed.append({"path": path, "reason": reason})
         if self.on_progress:
             self.on_progress("failed", 1)
@@ -362,22 +384,33 @@ class IndexBuilder:
 
     def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
         if pending and isinstance(pending[0].doc, PreparedDocument):
-            vecs, terms = self._prepared_parts(pending)
+            vecs, terms = self._prepared_parts(pending)  # embedded elsewhere (mitsuke.indexer.distributed)
         else:
+            if pending and self.embedder is None and self.dim:
+                raise MitsukeError(f"index {self.path} was opened without its model (load_model=False): "
+                                   "it can delete and compact, not add documents")
             texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
                      for p in pending for c in p.chunks]
             vecs = None
+            if self.vectors is not None and self.embedder is None and texts:
+                raise MitsukeError(f"index {self.path} was opened without its model (repair): "
+                                   "it cannot add documents")
             if self.embedder is not None and texts:
                 record_embedding((p.doc.key, p.doc.content_hash) for p in pending)
                 vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
             terms = [t for p in pending for t in chunk_terms(p.chunks, p.doc.title)]
         generation = self.generation + 1
+        self._lock.ensure_valid()
+        changed: dict[int, Block] = {}
         with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
             if vecs is not None:
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
                 self.vectors.append(vecs, first_row)
                 fault_point("vectors_appended")
+                changed = extend_blocks(self._sums, first_row, np.asarray(vecs, dtype=np.float32)
+                                        .astype(np.float16).tobytes(), self.vectors.row_bytes)
+                self.store.set_block_checksums(conn, changed)
             replaced = [p.old_doc_id for p in pending if p.old_doc_id is not None]
             removed = self.store.delete_documents(conn, list(delete_doc_ids) + replaced, generation)
             next_id = self.store.next_chunk_id(conn)
@@ -406,6 +439,7 @@ class IndexBuilder:
             self.store.set_state(conn, "generation", generation)
             fault_point("before_commit")
         fault_point("after_commit")
+        self._sums.update(changed)
         self.generation = generation
         for p in pending:
             if p.old_doc_id is None:
@@ -414,6 +448,7 @@ class IndexBuilder:
                 self.summary.updated += 1
             self._known[p.doc.key] = (doc_ids[p.doc.key], p.doc.content_hash)
         self.summary.chunks_embedded += len(chunk_rows) if vecs is not None else 0
+        self.summary.chunks_added += len(chunk_rows)
         if self.on_progress:
             self.on_progress("documents", len(pending))
         if self.vectors is not None:
@@ -433,6 +468,41 @@ class IndexBuilder:
                                    "were the workers given this index's model?")
             parts.append(v)
         return np.concatenate(parts).astype(np.float32), terms
+
+    def _embed_chunks(self, chunk_ids) -> np.ndarray | None:
+        """Vectors of stored chunks, embedded again from their stored text (lost vectors)."""
+        if self.embedder is None:
+            return None
+        with self.store.begin() as conn:
+            rows = self.store.chunk_rows(conn, chunk_ids)
+        texts = [embedding_input(rows[i].text, rows[i].title, rows[i].headings, self.chunk_config.title_context)
+                 for i in chunk_ids]
+        log.warning("embedding %d chunks again whose stored vectors were lost", len(texts))
+        return self.embedder.encode_documents(texts, progress=self._token_progress)
+
+    def reembed_missing(self) -> int:
+        """Embed the chunks left without vectors by an earlier loss (``mitsuke repair``); returns how many."""
+        if self.vectors is None or self.embedder is None:
+            return 0
+        self.flush()
+        self._lock.ensure_valid()
+        self._sums, n = reembed_missing(self.store, self.vectors, self._embed_chunks, self._sums)
+        self.vectors.expect(self._sums)
+        if n:
+            with self.store.begin() as conn:
+                self.generation = self.store.generation(conn)
+                self._known = self.store.document_hashes(conn)
+            self.rebuild_ann()
+        return n
+
+    def rebuild_ann(self) -> None:
+        """Rebuild ``ann.faiss`` from the stored vectors and save it (it is derived data)."""
+        if self.vectors is None:
+            return
+        with self.store.begin() as conn:
+            params = self.manifest.ann_params(self.store.counts(conn)["chunks"])
+            self.ann = rebuild_ann(self.store, conn, self.vectors, params)
+        self._save_ann()
 
     def _token_progress(self, n_tokens: int) -> None:
         if self.on_progress:
@@ -476,17 +546,22 @@ class IndexBuilder:
         ids = np.array([c for c, _ in live], dtype=np.int64)
         old_rows = np.array([r for _, r in live], dtype=np.int64)
         log.info("compacting %s: %d live of %d rows (epoch %d)", VECTORS_FILE, len(live), before, epoch)
-        self.vectors.write_compacted(old_rows, epoch)
+        target = self.vectors.write_compacted(old_rows, epoch)
+        sums = file_blocks(target, self.vectors.row_bytes, len(ids))
         fault_point("compact_written")
         self.vectors.retire(epoch - 1)
+        self._lock.ensure_valid()
         with self.store.begin() as conn:
+            self.store.set_block_checksums(conn, sums, replace_all=True)
             self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
             self.store.set_state(conn, "vector_rows", len(ids))
             self.store.set_state(conn, "vectors_epoch", epoch)
             self.store.prune_deleted(conn, self.generation)
             fault_point("compact_before_commit")
         fault_point("compact_committed")
+        self._sums = sums
         self.vectors.install(epoch)
+        self.vectors.expect(self._sums)
         self.vectors.tidy(epoch)
         # The ANN index holds ids, not rows, so it is still right; it is rebuilt
         # anyway (reusing its training) so a long-lived index sheds the
@@ -514,9 +589,11 @@ class IndexBuilder:
     def _save_ann(self) -> None:
         if self.ann is None:
             return
-        self.ann.save(self.paths.ann)
-        fault_point("ann_saved")  # ann.faiss is newer than the manifest says: caught up idempotently
-        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation))
+        self._lock.ensure_valid()
+        size, crc = self.ann.save(self.paths.ann)
+        fault_point("ann_saved")  # ann.faiss does not match the manifest's checksum: rebuilt from vectors
+        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation, size, crc,
+                                                            self.manifest.index_id))
         self._write_manifest()
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
@@ -525,6 +602,17 @@ class IndexBuilder:
         with self.store.begin() as conn:
             counts = self.store.counts(conn)
         self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
+
+
+def _remove_created(files: list[Path], directories: list[Path]) -> None:
+    """Undo a failed open: the files it created, then the directories it made (deepest first)."""
+    for file in files:
+        file.unlink(missing_ok=True)
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:  # something else is in it now: not ours to remove
+            break
 
 
 def _remove_temp_files(path: Path) -> None:

@@ -18,7 +18,7 @@ class ChunkConfig:
 
     ``max_tokens`` is counted in the embedding model's tokens, or in characters
     for a lexical-only index (``max_chars``). 400 characters and no overlap were
-    chosen by measurement on the pooled shared/eval corpora (bench/chunk_defaults.py,
+    chosen by measurement on the pooled JSQuAD + JaQuAD corpora (bench/chunk_defaults.py,
     BENCHMARKS.md "Text pipeline"): lexical span hit@5 0.909 / 0.927 / 0.946 / 0.960
     at 200 / 300 / 400 / 600 characters; a 25 % overlap adds 19 % more chunks at
     400 for +0.003. Bigger chunks mostly win by returning more text per hit.

@@ -90,6 +90,31 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+# Metadata is stored with every document and returned with every hit (``--json``):
+# bounded so that no document can make a search slow or its output unprintable.
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, Mapping):
+            children = list(v.values())
+        elif isinstance(v, (list, tuple)):
+            children = list(v)
+        else:
+            continue
+        deepest = max(deepest, d + 1)
+        if deepest > MAX_METADATA_DEPTH:
+            return deepest
+        stack.extend((c, d + 1) for c in children)
+    return deepest
+
+
 def document_from_mapping(
     obj: Mapping[str, Any],
     *,
@@ -158,10 +183,17 @@ def document_from_mapping(
     bad_keys = [k for k in rest if not isinstance(k, str)]
     if bad_keys:
         return LoadFailure(where, f"metadata keys must be strings, got {bad_keys[0]!r}")
+    depth = _depth(rest)
+    if depth > MAX_METADATA_DEPTH:
+        return LoadFailure(where, f"metadata is nested {depth} levels deep, at most {MAX_METADATA_DEPTH} are allowed; "
+                                  "flatten it")
     try:
-        json.dumps(rest, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        size = len(json.dumps(rest, allow_nan=False, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:
         return LoadFailure(where, f"metadata must be JSON (strings, numbers, booleans, null, lists, objects): {exc}")
+    if size > MAX_METADATA_BYTES:
+        return LoadFailure(where, f"metadata takes {size:,} bytes as JSON, at most {MAX_METADATA_BYTES:,} are allowed; "
+                                  "keep large data out of the index")
     try:
         check_text(text, where)
     except LoadError as exc:

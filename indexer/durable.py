@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mitsuke.indexer.errors import LockedError
+from mitsuke.indexer.errors import LockedError, StorageError
 
 __all__ = ["fault_point", "fsync_dir", "replace_file", "atomic_write", "atomic_write_bytes", "temp_path",
            "leftover_temp_files", "WriterLock"]
@@ -110,9 +110,14 @@ class WriterLock:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self._ident: tuple[int, int] = (0, 0)
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot open the writer lock ({exc.strerror}); writing needs a "
+                               "writable index directory (searching does not)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -124,9 +129,36 @@ class WriterLock:
                     "wait for it to finish, there can be only one writer"
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # the disk is full or read-only: say so, leave nothing held
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise StorageError(f"{self.path}: cannot write the writer lock ({exc.strerror})"
+                               + ("; the disk is full" if exc.errno == errno.ENOSPC else "")) from None
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
         self._fd = fd
+
+    def ensure_valid(self) -> None:
+        """Stop before a commit if the lock file was removed or replaced while held (Lucene's ``ensureValid``).
+
+        Another writer could then have taken a lock on the new file, and two
+        writers would commit to one index.
+        """
+        if self._fd is None:
+            return
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._ident
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise LockedError(
+                f"{self.path} was removed or replaced while this writer held it: another writer may be "
+                "running; stopped before committing. Make sure no other `mitsuke index` runs on "
+                f"{self.path.parent}, then run `mitsuke verify --index {self.path.parent}`")
 
     def release(self) -> None:
         if self._fd is not None:

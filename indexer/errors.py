@@ -6,6 +6,8 @@ __all__ = [
     "LoadError",
     "ModelError",
     "IndexFormatError",
+    "DamagedIndexError",
+    "StorageError",
     "ModelMismatchError",
     "LockedError",
     "QueryError",
@@ -31,6 +33,14 @@ class ModelError(MitsukeError):
 
 class IndexFormatError(MitsukeError):
     """An index directory is missing, damaged, or of an unknown format version."""
+
+
+class DamagedIndexError(IndexFormatError):
+    """A file of the index does not match its checksum or identity: it is never trusted nor written over."""
+
+
+class StorageError(MitsukeError):
+    """A file could not be written or read (disk full, read-only medium, permissions)."""
 
 
 class ModelMismatchError(MitsukeError):

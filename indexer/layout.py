@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -161,10 +162,30 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class AnnState:
-    """The saved ``ann.faiss``: the parameters it was built with and the generation it holds."""
+    """The saved ``ann.faiss``: the parameters it was built with, the generation it holds, its size and CRC32.
+
+    ``crc`` and ``size`` are None for a file saved before checksums were
+    recorded: such a file is not trusted (it is rebuilt, it is derivable).
+    """
 
     params: AnnParams
     generation: int = 0
+    size: int | None = None
+    crc: int | None = None
+    index_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"params": self.params.to_dict(), "generation": self.generation}
+        for key in ("size", "crc", "index_id"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AnnState:
+        return cls(AnnParams.from_dict(d["params"]), int(d.get("generation", 0)),
+                   _optional_int(d.get("size")), _optional_int(d.get("crc")),
+                   None if d.get("index_id") is None else str(d["index_id"]))
 
 
 @dataclass(frozen=True)
@@ -203,12 +224,14 @@ class Manifest:
     counts: Counts = field(default_factory=Counts)
     created_at: float | None = None
     updated_at: float | None = None
+    index_id: str | None = None  # a uuid, also in meta.sqlite's state: files of two indexes are told apart
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def new(cls, model: ModelInfo | None, chunking: ChunkConfig, ann_config: AnnConfig) -> Manifest:
         """The manifest of an empty index, written before ``meta.sqlite`` exists."""
-        return cls(model=model, chunking=chunking, ann_config=ann_config, created_at=time.time())
+        return cls(model=model, chunking=chunking, ann_config=ann_config, created_at=time.time(),
+                   index_id=str(uuid.uuid4()))
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -272,11 +295,11 @@ class Manifest:
             "model": self.model.to_dict() if self.model else None,
             "chunking": asdict(self.chunking),
             "ann_config": asdict(self.ann_config),
-            "ann": {"params": self.ann.params.to_dict(), "generation": self.ann.generation} if self.ann else None,
+            "ann": self.ann.to_dict() if self.ann else None,
             "generation": self.generation,
             "counts": asdict(self.counts),
         })
-        for key in ("lexical_analysis", "created_at", "updated_at"):
+        for key in ("lexical_analysis", "created_at", "updated_at", "index_id"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         return data
@@ -303,12 +326,12 @@ class Manifest:
             chunking=_section(path, "chunking", lambda d: ChunkConfig(**d), data["chunking"]),
             ann_config=_section(path, "ann_config", lambda d: AnnConfig(**d), data["ann_config"]),
             lexical_analysis=_section(path, "lexical_analysis", _optional_int, data.get("lexical_analysis")),
-            ann=_section(path, "ann", lambda d: AnnState(AnnParams.from_dict(d["params"]),
-                                                         int(d.get("generation", 0))), ann) if ann else None,
+            ann=_section(path, "ann", AnnState.from_dict, ann) if ann else None,
             generation=_section(path, "generation", int, data.get("generation", 0)),
             counts=_section(path, "counts", lambda d: Counts(**d), data.get("counts") or {}),
             created_at=_section(path, "created_at", _optional_float, data.get("created_at")),
             updated_at=_section(path, "updated_at", _optional_float, data.get("updated_at")),
+            index_id=_section(path, "index_id", lambda v: None if v is None else str(v), data.get("index_id")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -321,7 +344,7 @@ class Manifest:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise IndexFormatError(f"{path}: unreadable manifest ({exc}); the index directory is damaged") from None
         return cls.from_json(data, path)
 

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -299,6 +300,7 @@ def iter_documents(
     encoding: str | None = None,
     stdin: BinaryIO | None = None,
     formats: FormatOptions | None = None,
+    ignored: Counter[str] | None = None,
 ) -> Iterator[Document | LoadFailure]:
     """Yield a ``Document`` or a ``LoadFailure`` for every input under ``paths``.
 
@@ -308,6 +310,9 @@ def iter_documents(
     (``SUFFIXES``) unless ``include`` globs say otherwise; ``exclude`` globs win.
     Globs match the relative path or the file name (``*.md``, ``notes/*``).
     ``formats`` says how PDF and CSV/TSV files are read (``FormatOptions``).
+    Files a directory walk passes over for their suffix are counted in
+    ``ignored`` (suffix -> count; files without a suffix and hidden files are
+    not counted) when it is given.
     Nothing here raises for a bad input; an unknown ``encoding`` raises
     ``LoadError`` before anything is read.
 
@@ -316,7 +321,8 @@ def iter_documents(
     """
     if encoding:
         encoding = normal_encoding_name(encoding)
-    for item in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin):
+    for item in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin,
+                            ignored=ignored):
         if isinstance(item, FileInput):
             yield from load_input(item, encoding, formats)
         else:
@@ -330,6 +336,7 @@ def list_inputs(
     exclude: tuple[str, ...] = (),
     encoding: str | None = None,
     stdin: BinaryIO | None = None,
+    ignored: Counter[str] | None = None,
 ) -> Iterator[FileInput | Document | LoadFailure]:
     """The inputs under ``paths`` without reading files: what :func:`iter_documents` loads, in its order.
 
@@ -352,7 +359,7 @@ def list_inputs(
             yield LoadFailure(str(path), "no such file or directory")
             continue
         if path.is_dir():
-            yield from _iter_directory(path, include, exclude)
+            yield from _iter_directory(path, include, exclude, ignored)
         elif path.is_file():
             yield FileInput(str(path), path.name)
         else:
@@ -365,8 +372,8 @@ def load_input(item: FileInput, encoding: str | None = None,
     return _load_file(Path(item.path), item.key, normal_encoding_name(encoding) if encoding else None, formats)
 
 
-def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]
-                    ) -> Iterator[FileInput | LoadFailure]:
+def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...],
+                    ignored: Counter[str] | None = None) -> Iterator[FileInput | LoadFailure]:
     for file, problem in _walk(root):
         rel = file.relative_to(root).as_posix()
         if exclude and (_matches(rel, exclude) or any(_excluded_dir(d, exclude) for d in _parents(rel))):
@@ -377,6 +384,8 @@ def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ..
                 if not _matches(rel, include):
                     continue
             elif file.suffix.lower() not in SUFFIXES:
+                if ignored is not None and problem is None and file.suffix and not file.name.startswith("."):
+                    ignored[file.suffix.lower()] += 1  # NOTICE, Makefile, .DS_Store: not worth a warning
                 continue
         if problem is not None:
             yield LoadFailure(str(file), problem)

@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex, AnnParams
+from mitsuke.indexer.checksums import file_crc32
 from mitsuke.indexer.store import SqlStore
 from mitsuke.indexer.vectors import VectorStore
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-__all__ = ["load_ann", "rebuild_ann", "catch_up_ann", "training_sample", "TRAIN_SEED"]
+    from mitsuke.indexer.layout import AnnState
+
+__all__ = ["load_ann", "untrusted_ann", "live_count", "rebuild_ann", "catch_up_ann", "training_sample", "TRAIN_SEED"]
 
 log = logging.getLogger("mitsuke")
 
@@ -86,25 +89,67 @@ def catch_up_ann(ann: AnnIndex, store: SqlStore, conn: Connection, vectors: Vect
             ann.add(ids[i:i + _ADD_BATCH], vectors.read(rows[i:i + _ADD_BATCH]))
 
 
+def untrusted_ann(path: Path, saved: AnnState | None, index_id: str | None) -> str | None:
+    """Why the file at ``path`` must not be read (None: its size and CRC32 are the ones recorded at save).
+
+    Checked before FAISS reads a byte: a damaged, foreign or crafted file
+    (a length field claiming gigabytes) never reaches ``faiss.read_index``.
+    """
+    if saved is None or saved.crc is None or saved.size is None:
+        return "has no recorded checksum"
+    if index_id and saved.index_id and saved.index_id != index_id:
+        return f"belongs to index {saved.index_id}, not {index_id}"
+    try:
+        size = path.stat().st_size
+        if size != saved.size:
+            return f"holds {size} bytes, {saved.size} were saved"
+        if file_crc32(path)[1] != saved.crc:
+            return "does not match its checksum"
+    except OSError as exc:
+        return f"is unreadable ({exc.strerror})"
+    return None
+
+
+def live_count(store: SqlStore, conn: Connection) -> int:
+    """Live chunks with a vector: what a complete ANN index holds."""
+    return store.vector_rows(conn) - store.dead_vector_rows(conn)
+
+
 def load_ann(path: Path, store: SqlStore, conn: Connection, vectors: VectorStore, params: AnnParams,
-             ann_generation: int, generation: int) -> tuple[AnnIndex, bool]:
-    """The ANN index at ``generation``; the bool says whether it differs from the file."""
+             ann_generation: int, generation: int, *, saved: AnnState | None = None,
+             index_id: str | None = None) -> tuple[AnnIndex, bool]:
+    """The ANN index at ``generation``; the bool says whether it differs from the file.
+
+    ``saved`` is the manifest's record of the file: a file that does not
+    match it, or whose vector count disagrees with the live chunks once caught
+    up, is rebuilt from ``vectors.f16`` (it is derived data).
+    """
     if path.exists():
+        why = untrusted_ann(path, saved, index_id)
+        if why is not None:
+            log.warning("%s %s: rebuilding it from stored vectors", path, why)
+            return rebuild_ann(store, conn, vectors, params), True
         try:
             ann = AnnIndex.load(path, params)
         except Exception as exc:  # FAISS raises RuntimeError on damaged files
             log.warning("%s is unreadable (%s): rebuilding it from stored vectors", path, exc)
             return rebuild_ann(store, conn, vectors, params), True
-        if ann_generation == generation:
-            return ann, False
+        changed = False
         if ann_generation > generation or not ann.is_trained:
             log.warning("%s is at generation %d, the index at %d: rebuilding it from stored vectors",
                         path, ann_generation, generation)
             return rebuild_ann(store, conn, vectors, params), True
-        log.info("%s is at generation %d, the index at %d: catching up from stored vectors",
-                 path, ann_generation, generation)
-        catch_up_ann(ann, store, conn, vectors, ann_generation)
-        return ann, True
+        if ann_generation < generation:
+            log.info("%s is at generation %d, the index at %d: catching up from stored vectors",
+                     path, ann_generation, generation)
+            catch_up_ann(ann, store, conn, vectors, ann_generation)
+            changed = True
+        want = live_count(store, conn)
+        if ann.ntotal != want:
+            log.warning("%s holds %d vectors, the index %d live chunks: rebuilding it from stored vectors",
+                        path, ann.ntotal, want)
+            return rebuild_ann(store, conn, vectors, params), True
+        return ann, changed
     if generation > 0:
         log.info("%s is missing: rebuilding it from stored vectors", path)
     return rebuild_ann(store, conn, vectors, params), generation > 0

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mitsuke.indexer.checksums import BLOCK_ROWS, Block, block_crc
 from mitsuke.indexer.durable import fault_point, fsync_dir, replace_file
+from mitsuke.indexer.errors import DamagedIndexError
 from mitsuke.indexer.layout import compact_path, epoch_file, retired_path
 
 __all__ = ["VectorStore", "compact_path", "retired_path"]
@@ -52,6 +54,8 @@ class VectorStore:
         # snapshots on either side of a compaction, and each must read the rows
         # of its own snapshot's epoch.
         self._local = threading.local()
+        # Blocks whose checksum was checked, per epoch: (block, rows) pairs, each checked once.
+        self._verified: dict[int | None, set[tuple[int, int]]] = {}
 
     @property
     def epoch(self) -> int | None:
@@ -69,6 +73,57 @@ class VectorStore:
     def _set_map(self, mapped: np.memmap | None, rows: int) -> None:
         self._local.map = mapped
         self._local.map_rows = rows
+
+    # ------------------------------------------------------------------ checksums
+    def expect(self, sums: dict[int, Block] | None) -> None:
+        """The block checksums of this thread's snapshot: rows read from now on are checked lazily.
+
+        None (or empty: an index written before checksums) checks nothing.
+        """
+        self._local.sums = sums or None
+
+    def _check(self, m: np.memmap, rows: np.ndarray, epoch: int | None) -> None:
+        sums = getattr(self._local, "sums", None)
+        if sums is None:
+            return
+        done = self._verified.setdefault(epoch, set())
+        for b in np.unique(rows // BLOCK_ROWS).tolist():
+            want = sums.get(b)
+            if want is None or (b, want.rows) in done:
+                continue
+            start = b * BLOCK_ROWS
+            if block_crc(m[start:start + want.rows].tobytes()) != want.crc:
+                raise DamagedIndexError(
+                    f"{self.path}: rows {start}-{start + want.rows - 1} do not match their checksum: the vectors "
+                    f"file is damaged; run `mitsuke verify --index {self.path.parent}`, then `mitsuke repair`")
+            done.add((b, want.rows))
+
+    def damaged_blocks(self, sums: dict[int, Block], committed_rows: int, blocks: list[int] | None = None
+                       ) -> list[int]:
+        """Blocks (of ``blocks``, default all) whose rows are missing or do not match their checksum."""
+        have = self.rows_on_disk
+        bad: list[int] = []
+        todo = sorted(sums) if blocks is None else sorted(set(blocks) & set(sums))
+        m = None
+        if have:
+            try:
+                m = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(have * self.row_bytes,))
+            except (OSError, ValueError):
+                m = None
+        for b in todo:
+            want = sums[b]
+            start = b * BLOCK_ROWS
+            if start + want.rows > have or m is None:
+                bad.append(b)
+                continue
+            data = m[start * self.row_bytes:(start + want.rows) * self.row_bytes].tobytes()
+            if block_crc(data) != want.crc:
+                bad.append(b)
+        last = (committed_rows - 1) // BLOCK_ROWS
+        if committed_rows and blocks is None and (have < committed_rows) and last not in bad:
+            bad.append(last)  # rows with no checksum recorded yet are still counted as lost when missing
+        del m
+        return sorted(set(bad))
 
     # ------------------------------------------------------------------ writer side
     @property
@@ -194,13 +249,15 @@ class VectorStore:
                 try:
                     fh = open(self.path, "rb")
                 except FileNotFoundError:
-                    raise IndexError(f"{self.path} is missing, row {need_rows - 1} was asked for") from None
+                    raise DamagedIndexError(f"{self.path} is missing, row {need_rows - 1} was asked for; run "
+                                            f"`mitsuke repair --index {self.path.parent}`") from None
             else:
                 fh = self._open_epoch(self.epoch)
             with fh:
                 rows = os.fstat(fh.fileno()).st_size // self.row_bytes
                 if rows < need_rows:
-                    raise IndexError(f"{fh.name} holds {rows} rows, row {need_rows - 1} was asked for")
+                    raise DamagedIndexError(f"{fh.name} holds {rows} rows, row {need_rows - 1} was asked for: vectors "
+                                            f"were lost; run `mitsuke repair --index {self.path.parent}`")
                 # The map keeps the inode alive even if the name is replaced or unlinked later.
                 self._set_map(np.memmap(fh, dtype=np.float16, mode="r", shape=(rows, self.dim)), rows)
         return self._map
@@ -211,6 +268,7 @@ class VectorStore:
         if rows.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         m = self._mapped(int(rows.max()) + 1)
+        self._check(m, rows, self.epoch)
         return np.asarray(m[rows], dtype=np.float32)
 
     def iter_rows(self, rows: np.ndarray, batch: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
@@ -221,3 +279,5 @@ class VectorStore:
     def close(self) -> None:
         """Drop this thread's map (other threads keep theirs until they rebind)."""
         self._set_map(None, 0)
+        if self.epoch is None:  # the writer's file changes under the same epoch key: check again
+            self._verified.pop(None, None)

@@ -1,4 +1,4 @@
-"""Retrieval metrics on a QA set (the format of shared/eval/*/queries.jsonl).
+"""Retrieval metrics on a QA set (JSONL questions; README "Measure it on your data").
 
 A question line is a JSON object: ``question`` (required), ``answers``
 (strings), ``doc_id`` (the key the answer's document was indexed with: a JSONL
@@ -33,7 +33,7 @@ is the article title): they are scored apart, document hit only, under
 ``title_questions``.
 
 >>> from mitsuke.search import Searcher                                   # doctest: +SKIP
->>> qs = load_queries("../shared/eval/jsquad-dev/queries.jsonl")   # doctest: +SKIP
+>>> qs = load_queries("questions.jsonl")                          # doctest: +SKIP
 >>> report = evaluate(Searcher.open("idx"), qs, (1, 5, 10), mode="lexical")   # doctest: +SKIP
 >>> report.metrics["span_hit@5"]                                  # doctest: +SKIP
 """

@@ -15,6 +15,7 @@ from mitsuke.indexer.errors import IndexFormatError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
+from mitsuke.search.opening import open_reader_store
 from mitsuke.indexer.store import ChunkRow, MetadataStore, Snapshot
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.context import Context, retrieve_context
@@ -74,7 +75,8 @@ class Searcher:
     """
 
     def __init__(self, path: Path, manifest: Manifest, *, device: str = "auto", embedder: Embedder | None = None,
-                 dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> None:
+                 dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None,
+                 trust_remote_code: bool = False) -> None:
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.fusion = fusion
@@ -82,7 +84,9 @@ class Searcher:
         self.path = path
         self.paths = IndexPaths(path)
         self.manifest = manifest
-        self.store = MetadataStore(self.paths.meta, readonly=True)
+        self.store = open_reader_store(self.paths, manifest)
+        self._trust_remote_code = trust_remote_code
+        self._sums: tuple[tuple[int, int], dict] | None = None  # (generation, block checksums) of vectors.f16
         self.model_name: str | None = manifest.model.name if manifest.model else None
         self.dim = manifest.dim
         self.vectors = VectorStore(self.paths.vectors, self.dim) if self.dim else None
@@ -104,11 +108,13 @@ class Searcher:
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
              embedder: Embedder | None = None, dtype: str = "auto", fusion: str = "rrf",
-             weights: Sequence[float] | None = None) -> "Searcher":
+             weights: Sequence[float] | None = None, trust_remote_code: bool = False) -> "Searcher":
         """Open an index for reading. ``model`` may only restate the index's own model.
 
         ``fusion`` and ``weights`` (dense, lexical) are the hybrid defaults for
         every search of this Searcher; each call may override them.
+        ``trust_remote_code`` lets a model's own Python code run, as for indexing.
+        A read-only index directory works (see ``SqliteStore``).
         """
         path = Path(path)
         manifest = Manifest.read(path)
@@ -116,7 +122,8 @@ class Searcher:
             raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE} / {META_FILE}); "
                                    "build one with `mitsuke index PATH --index DIR`")
         manifest.check_model(path, model=model, embedder=embedder, writing=False)
-        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights)
+        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights,
+                   trust_remote_code=trust_remote_code)
 
     def close(self) -> None:
         self.store.close()
@@ -144,7 +151,7 @@ class Searcher:
                     m = self.manifest.model
                     embedder = Embedder.from_pretrained(
                         m.source(), device=self._device, dtype=self._dtype, max_length=m.max_length,
-                        revision=m.revision)
+                        revision=m.revision, trust_remote_code=self._trust_remote_code)
                     self.manifest.check_dim(embedder)
                     self._embedder = embedder
         return self._embedder
@@ -157,7 +164,8 @@ class Searcher:
                 manifest = Manifest.read(self.path) or self.manifest  # the writer may have saved one since open
                 if manifest.ann is not None:
                     self._ann, _ = load_ann(self.paths.ann, self.store, conn, self.vectors, manifest.ann.params,
-                                            manifest.ann.generation, generation)
+                                            manifest.ann.generation, generation, saved=manifest.ann,
+                                            index_id=manifest.index_id)
                 else:
                     params = manifest.ann_params(self.store.counts(conn)["chunks"])
                     log.info("%s has no ANN index yet: building one in memory", self.path)
@@ -212,6 +220,7 @@ class Searcher:
         with self.store.snapshot() as snap:
             if self.vectors is not None:  # row numbers of this snapshot refer to its vectors epoch
                 self.vectors.bind(snap.vectors_epoch())
+                self.vectors.expect(self._block_sums(snap))
             dense_legs = self._dense_legs(snap, req, qvecs)
             for qi in live:
                 dense = dense_legs.get(qi, [])
@@ -292,6 +301,15 @@ class Searcher:
                         "Any `mitsuke index ... --index %s` run adds it (e.g. `mitsuke index - --index %s "
                         "< /dev/null`, which indexes nothing else)", self.path, self.path, self.path)
         return False
+
+    def _block_sums(self, snap: Snapshot) -> dict:
+        """The checksums of ``vectors.f16``'s blocks at the snapshot's generation (read once per generation)."""
+        key = (snap.generation, snap.vectors_epoch())  # a compaction renumbers rows at the same generation
+        cached = self._sums
+        if cached is None or cached[0] != key:
+            cached = (key, snap.block_checksums())
+            self._sums = cached
+        return cached[1]
 
     def _chunk_count(self, snap: Snapshot) -> int:
         """Number of passages at the snapshot's generation (counted once per generation)."""

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from corpus import DATA, EVAL_DOCS, write_jsonl
 from mitsuke.cli import cli
+from mitsuke.indexer.loaders import SUFFIXES
 
 
 def run(*args, input=None):
@@ -43,7 +44,7 @@ def test_index_summary_is_one_line_and_failures_go_to_stderr(tmp_path):
     r = run("index", DATA, "--index", idx, "--model", "none")
     assert r.exit_code == 0
     assert seconds_masked(r.stdout) == (
-        "added 16, updated 0, unchanged 0, deleted 0, failed 0; 0 chunks embedded in S s\n")
+        "added 16, updated 0, unchanged 0, deleted 0, failed 0; 51 chunks indexed (lexical-only) in S s\n")
     assert r.stderr == ""
 
     extra = tmp_path / "extra"
@@ -51,17 +52,23 @@ def test_index_summary_is_one_line_and_failures_go_to_stderr(tmp_path):
     (extra / "東京.txt").write_text("東京は日本の首都である。", encoding="utf-8")
     (extra / "壊れた.txt").write_bytes(b"\x00\x01\x02binary")
     (extra / "ｼﾌﾄJIS.txt").write_bytes("半角ｶﾀｶﾅと「括弧」の文書。".encode("cp932"))
+    (extra / "図.png").write_bytes(b"\x89PNG\r\n")
     r = run("index", extra, DATA, "--index", idx)
-    assert r.exit_code == 0
+    assert r.exit_code == 3  # some inputs failed; the others are committed
     assert seconds_masked(r.stdout) == (
-        "added 2, updated 0, unchanged 16, deleted 0, failed 1; 0 chunks embedded in S s\n")
+        "added 2, updated 0, unchanged 16, deleted 0, failed 1; 2 chunks indexed (lexical-only) in S s\n")
     reason = "contains NUL bytes: a binary file (or UTF-16 without a byte-order mark: force it with --encoding utf-16-le)"
-    assert r.stderr == (f"mitsuke: skipped {extra / '壊れた.txt'}: {reason}\n"
-                        f"  failed: {extra / '壊れた.txt'}: {reason}\n")
+    # each bad file once; files passed over for their suffix counted
+    assert r.stderr == (
+        f"mitsuke: ignored 1 file(s) by suffix (1 .png); readable: {' '.join(sorted(SUFFIXES))} "
+        "(or name them with --include)\n"
+        f"failed: {extra / '壊れた.txt'}: {reason}\n"
+        "mitsuke: 1 input(s) failed; the other documents were committed (exit status 3)\n")
 
     r = run("index", extra, "--index", idx, "--prune")
+    assert r.exit_code == 3
     assert seconds_masked(r.stdout) == (
-        "added 0, updated 0, unchanged 2, deleted 16, failed 1; 0 chunks embedded in S s\n")
+        "added 0, updated 0, unchanged 2, deleted 16, failed 1; 0 chunks indexed (lexical-only) in S s\n")
 
 
 def test_info_of_a_lexical_index(tmp_path):
@@ -83,9 +90,12 @@ def test_info_of_a_dense_index(tmp_path, tiny_model):
     idx = tmp_path / "idx"
     r = run("index", DATA, "--index", idx, "--model", tiny_model, "--device", "cpu")
     assert r.exit_code == 0, r.output
-    # (transformers' own progress bar may come first: issue 12 silences it)
+    lines = r.stderr.splitlines()
     assert re.fullmatch(rf"embedding with {re.escape(str(tiny_model))} on cpu \(float32, \w+ attention, "
-                        r"batches of up to [\d,]+ tokens\)", r.stderr.splitlines()[-1])
+                        r"batches of up to [\d,]+ tokens\)", lines[0])
+    assert re.fullmatch(r"to embed: ~[\d,]+ tokens in 16 documents at ~[\d,]+ tokens/s "
+                        r"\(a guess for this model on cpu\) ≈ \d+s", lines[1])
+    assert len(lines) == 2  # no third-party progress bar (CliRunner's stderr is not a terminal: no bar of ours)
     chunks = json.loads(run("info", "--index", idx, "--json").stdout)["chunks"]
     assert seconds_masked(r.stdout) == (
         f"added 16, updated 0, unchanged 0, deleted 0, failed 0; {chunks} chunks embedded in S s\n")

@@ -129,7 +129,7 @@ def test_cli_search_line_and_json_show_the_page(index):
     assert "[広報.pdf " in out.output and " p.3]" in out.output
     out = runner.invoke(cli, ["search", "コウノトリの人工巣塔", "--index", str(idx), "--mode", "lexical", "-k", "1",
                               "--json"])
-    assert json.loads(out.output)[0]["pages"] == [3, 3]
+    assert json.loads(out.stdout)[0]["pages"] == [3, 3]
 
 
 def test_extracted_pages_equal_the_drawn_text_without_headers_and_footers(folder):
@@ -332,9 +332,11 @@ def test_cli_csv_options(tmp_path):
 def test_migration_2_adds_page_starts_to_an_older_index(tmp_path):
     db = tmp_path / "meta.sqlite"
     MetadataStore(db).close()
-    with sqlite3.connect(db) as raw:  # make it what an index of before migration 2 holds
+    with sqlite3.connect(db) as raw:  # make it what an index of before migration 2 (and 3) holds
         raw.execute("ALTER TABLE documents DROP COLUMN page_starts")
-        raw.execute("DELETE FROM schema_version WHERE version = 2")
+        raw.execute("DROP TABLE chunk_trigrams")
+        raw.execute("DELETE FROM state WHERE key = 'trigram_form'")
+        raw.execute("DELETE FROM schema_version WHERE version >= 2")
     raw.close()
     reader = MetadataStore(db, readonly=True)  # an old index opened read-only: no pages, no error
     with reader.snapshot() as snap:
@@ -345,7 +347,7 @@ def test_migration_2_adds_page_starts_to_an_older_index(tmp_path):
         cols = {r[1] for r in raw.execute("PRAGMA table_info(documents)")}
         versions = [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")]
     raw.close()
-    assert "page_starts" in cols and versions == [1, 2]
+    assert "page_starts" in cols and versions == [1, 2, 3]
 
 
 # --------------------------------------------------------------------------- properties

@@ -72,6 +72,9 @@ def test_search_equals_the_cli_json_process(lex_server, lex_index):
 @pytest.mark.parametrize("k", [1, 7])
 def test_lexical_search_equals_cli(lex_server, lex_index, query, k):
     body = post(lex_server, "/search", {"query": query, "k": k}).json()
+    if not query.strip():  # the CLI refuses a blank query as a usage error (issue 12); the API answers []
+        assert body["passages"] == []
+        return
     assert body["passages"] == cli_json(lex_index, query, "-k", str(k))
 
 

@@ -28,6 +28,7 @@ from mitsuke.indexer.embedding.device import pick_device, pick_dtype, warn_if_sl
 from mitsuke.indexer.embedding.hub import resolve_model_dir
 from mitsuke.indexer.layout import ModelInfo
 from mitsuke.indexer.embedding.pooling import check_pooling_modes, pool
+from mitsuke.indexer.embedding.quiet import quiet_model_loading
 from mitsuke.indexer.embedding.st_config import read_recipe, st_max_length
 from mitsuke.indexer.embedding.tokens import count_tokens_with
 from mitsuke.indexer.embedding.transformer import check_files, load_transformer, plain_model_pooling
@@ -92,6 +93,14 @@ class Embedder:
         """
         if max_length is not None and max_length < 1:
             raise ModelError(f"max_length must be a positive number of tokens, got {max_length}")
+        with quiet_model_loading():  # no "Loading weights" bar on every search (issue 12)
+            return cls._from_pretrained(name_or_path, device=device, dtype=dtype, max_length=max_length,
+                                        trust_remote_code=trust_remote_code, batch_tokens=batch_tokens,
+                                        revision=revision)
+
+    @classmethod
+    def _from_pretrained(cls, name_or_path: str, *, device: str, dtype: str, max_length: int | None,
+                         trust_remote_code: bool, batch_tokens: int, revision: str | None) -> Embedder:
         root, revision = resolve_model_dir(name_or_path, revision=revision)
         local = Path(name_or_path).expanduser().is_dir()
         recipe = read_recipe(root, name_or_path)

@@ -59,8 +59,17 @@ def load_transformer(tf_dir: Path, name_or_path: str, recipe: Recipe, *, dtype: 
                                           trust_remote_code=trust_remote_code)
     except ModelError:
         raise
-    except (ValueError, OSError, KeyError, ImportError, RuntimeError) as exc:
+    except Exception as exc:
         text = str(exc)
+        # torch loads .bin weights with weights_only=True and refuses a pickled payload (UnpicklingError).
+        unsafe = type(exc).__name__ in ("UnpicklingError", "EOFError") or "weights_only" in text
+        if not unsafe and not isinstance(exc, (ValueError, OSError, KeyError, ImportError, RuntimeError)):
+            raise
+        if unsafe:
+            raise ModelError(
+                f"model {name_or_path!r}: its pytorch_model.bin is a pickle that cannot be loaded safely "
+                f"({type(exc).__name__}); mitsuke loads only plain tensors: use a model with model.safetensors, "
+                "or convert the weights") from None
         if "trust_remote_code" in text or "custom code" in text:
             raise ModelError(
                 f"model {name_or_path!r} needs its own Python code to load; if you trust it, pass "

@@ -18,6 +18,7 @@ Layout - the seam a second dialect plugs into:
   ``snapshot()`` (a ``Snapshot``: one read transaction = one generation).
 - ``listing.ListingMixin``: documents by key for a reader to browse (``mitsuke serve``).
 - ``paging.PagingMixin``: page starts of paged documents (PDF), pages of a chunk.
+- ``listing.ListingMixin``: documents one by one with their chunk counts, a document's chunk ids (``mitsuke docs``).
 - ``hooks.DialectHooks``: the list of what a dialect supplies.
 - ``sqlite.SqliteStore``: SQLite's own parts - connection PRAGMAs, WAL, the
   BEGIN handling that makes a snapshot consistent, the FTS5 tables
@@ -39,12 +40,19 @@ scores as FTS5's), ``term_doc_freq``, ``_glob`` and ``_metadata_match``.
 from __future__ import annotations
 
 from mitsuke.indexer.store.base import MIGRATIONS, SCHEMA_VERSION, Snapshot, SqlStore
-from mitsuke.indexer.store.schema import BUILTIN_FIELDS, MAX_BIND_PARAMS, ChunkPiece, ChunkRow, Condition, Filter
+from mitsuke.indexer.store.schema import (
+    BUILTIN_FIELDS, MAX_BIND_PARAMS, ChunkPiece, ChunkRow, Condition, DocumentRow, Filter,
+)
 from mitsuke.indexer.store.sqlite import SqliteStore
 
+# What the store raises when the database itself fails (damaged file, disk full, read-only):
+# callers outside the store catch this name, never SQLAlchemy's.
+from sqlalchemy.exc import DatabaseError as StoreError  # noqa: E402
+
 __all__ = [
-    "SqlStore", "SqliteStore", "MetadataStore", "Snapshot", "ChunkRow", "ChunkPiece", "Filter", "Condition",
-    "BUILTIN_FIELDS", "MAX_BIND_PARAMS", "MIGRATIONS", "SCHEMA_VERSION",
+    "SqlStore", "SqliteStore", "MetadataStore", "Snapshot", "ChunkRow", "ChunkPiece", "DocumentRow", "Filter",
+    "Condition",
+    "BUILTIN_FIELDS", "MAX_BIND_PARAMS", "MIGRATIONS", "SCHEMA_VERSION", "StoreError",
 ]
 
 # The store of an index directory (the name the builder and the Searcher use).

@@ -15,15 +15,17 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias, Select
 
+from mitsuke.indexer.checksums import Block
 from mitsuke.indexer.store.hooks import DialectHooks
+from mitsuke.indexer.store.integrity import LOST_PREFIX, IntegrityMixin
 from mitsuke.indexer.store.listing import ListingMixin
 from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
-    BUILTIN_FIELDS, ChunkPiece, ChunkRow, Filter, batches, chunks, deleted_chunks, documents,
-    metadata, state,
+    BUILTIN_FIELDS, ChunkPiece, ChunkRow, DocumentRow, Filter, batches, chunks, deleted_chunks, documents,
+    metadata, state, vector_blocks,
 )
 
-__all__ = ["SqlStore", "Snapshot", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["SqlStore", "Snapshot", "MIGRATIONS", "SCHEMA_VERSION", "LOST_PREFIX"]
 
 # The aliases every filtered statement uses: c = chunks, d = documents.
 _c = chunks.alias("c")
@@ -47,11 +49,16 @@ def _m003_substrings(store: "SqlStore", conn: Connection) -> None:
     store._create_substrings(conn)
 
 
-MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_substrings]
+def _m004_vector_blocks(store: "SqlStore", conn: Connection) -> None:
+    # CRC32s of vectors.f16's blocks (indexer.checksums); an older index gets them from its first writer.
+    vector_blocks.create(conn, checkfirst=True)
+
+
+MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_substrings, _m004_vector_blocks]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SqlStore(DialectHooks, ListingMixin, PagingMixin):
+class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
     Write methods take the ``Connection`` of a ``begin()`` block; read methods
@@ -339,6 +346,12 @@ class Snapshot:
     def document_hashes(self) -> dict[str, tuple[int, str]]:
         return self.store.document_hashes(self.conn)
 
+    def block_checksums(self) -> dict[int, Block]:
+        return self.store.block_checksums(self.conn)
+
+    def state(self, key: str) -> str | None:
+        return self.store.get_state(self.conn, key)
+
     def live_vectors(self, min_generation: int = 0, *, by_row: bool = False) -> list[tuple[int, int]]:
         return self.store.live_vectors(self.conn, min_generation, by_row=by_row)
 
@@ -368,6 +381,15 @@ class Snapshot:
 
     def term_doc_freq(self, terms: Sequence[str]) -> dict[str, int]:
         return self.store.term_doc_freq(self.conn, terms)
+
+    def documents(self, key_glob: str | None = None) -> list[DocumentRow]:
+        return self.store.documents(self.conn, key_glob)
+
+    def document_chunk_ids(self, doc_id: int) -> list[int]:
+        return self.store.document_chunk_ids(self.conn, doc_id)
+
+    def metadata_keys(self) -> set[str]:
+        return self.store.metadata_keys(self.conn)
 
     def has_substrings(self) -> bool:
         return self.store.has_substrings(self.conn)

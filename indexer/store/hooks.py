@@ -88,3 +88,11 @@ class DialectHooks:
         ``tag`` makes the statement's bound parameter names unique.
         """
         raise NotImplementedError
+
+    def metadata_keys(self, conn: Connection) -> set[str]:
+        """Dialect: the top-level metadata keys at least one document has (``mitsuke search --where`` warns)."""
+        raise NotImplementedError
+
+    def quick_check(self, conn: Connection) -> list[str]:
+        """Dialect: the database engine's own consistency check (SQLite: quick_check); problems found, [] if none."""
+        return []

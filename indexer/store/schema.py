@@ -12,7 +12,8 @@ from typing import Any, NamedTuple, TypeVar
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
 __all__ = [
-    "metadata", "documents", "chunks", "deleted_chunks", "state", "ChunkRow", "ChunkPiece", "MAX_BIND_PARAMS",
+    "metadata", "documents", "chunks", "deleted_chunks", "state", "vector_blocks", "ChunkRow", "ChunkPiece",
+    "DocumentRow", "MAX_BIND_PARAMS",
     "batches", "Filter", "Condition", "BUILTIN_FIELDS",
 ]
 
@@ -68,10 +69,34 @@ state = Table(
     Column("value", String, nullable=False),
 )
 
+# CRC32 of each block of ``vectors.f16`` (indexer.checksums): ``rows`` committed rows of block ``block``.
+# Written in the transaction that makes the rows live; replaced whole when the file is renumbered.
+vector_blocks = Table(
+    "vector_blocks", metadata,
+    Column("block", Integer, primary_key=True),
+    Column("rows", Integer, nullable=False),
+    Column("crc", Integer, nullable=False),
+)
+
 # Values bound in one statement (``IN (...)`` lists, executemany rows are not
 # counted): SQLite before 3.32 refuses more than 999; 500 leaves room for the
 # other parameters of the statement. The one place this number is decided.
 MAX_BIND_PARAMS = 500
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """One document as the index holds it (its text lives in its chunks): ``mitsuke docs``."""
+
+    id: int
+    key: str
+    title: str
+    source: str
+    source_type: str
+    encoding: str
+    metadata: dict[str, Any]
+    n_chars: int
+    chunks: int
 
 
 @dataclass(frozen=True)

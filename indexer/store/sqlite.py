@@ -9,10 +9,12 @@ document frequencies, the FTS5 trigram table ``chunk_trigrams`` for substrings,
 from __future__ import annotations
 
 import logging
+import os
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Integer, create_engine, event, func, literal_column, select, text
 from sqlalchemy.sql import column, table
@@ -54,6 +56,18 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _url(path: Path, readonly: bool) -> str:
+    """The SQLAlchemy URL of ``path``: a ``mode=ro`` URI for readers (``immutable=1`` on read-only media)."""
+    if not readonly:
+        return f"sqlite:///{path}"
+    uri = "file:" + quote(str(path.absolute()), safe="/") + "?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    # An empty -wal holds no commits: read-only readers leave one behind (they cannot delete it).
+    if not os.access(path.parent, os.W_OK) and (not wal.exists() or wal.stat().st_size == 0):
+        uri += "&immutable=1"
+    return f"sqlite:///{uri}&uri=true"
+
+
 def _quote(term: str) -> str:
     # An FTS5 string: "..." with inner quotes doubled; everything inside is plain text.
     return '"' + term.replace('"', '""') + '"'
@@ -75,15 +89,20 @@ def fts5_match(terms: Sequence[str]) -> str | None:
 class SqliteStore(SqlStore):
     """The SQLite file of one index.
 
-    Readers (``readonly=True``) open read-write but never write: a WAL
-    database needs its -shm file, which a mode=ro connection cannot create.
+    Readers (``readonly=True``) open it ``mode=ro``: they never write, and
+    an index on a read-only directory or medium answers searches. A mode=ro
+    connection still shares the WAL index (-shm) with a running writer when
+    the directory is writable; when it is not and no ``-wal`` file holds
+    commits (the last writer closed cleanly: SQLite checkpointed and removed
+    it; a read-only reader may leave an empty one), the file is opened
+    ``immutable=1`` and no -shm is needed at all.
     """
 
     dialect = "sqlite"
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        engine = create_engine(f"sqlite:///{self.path}", future=True)
+        engine = create_engine(_url(self.path, readonly), future=True)
         event.listen(engine, "connect", _on_connect)
         # The writer takes the write lock up front (IMMEDIATE): a deferred
         # transaction that reads first and writes later could find its
@@ -97,6 +116,11 @@ class SqliteStore(SqlStore):
         with self.engine.connect() as conn:
             # journal_mode cannot change inside a transaction: run it on the raw connection.
             conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+    # ------------------------------------------------------------------ integrity
+    def quick_check(self, conn: Connection) -> list[str]:
+        rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check")]
+        return [] if rows == ["ok"] else rows
 
     # ------------------------------------------------------------------ chunk ids
     def next_chunk_id(self, conn: Connection) -> int:
@@ -138,6 +162,11 @@ class SqliteStore(SqlStore):
                 f"SELECT term, doc FROM temp.mitsuke_vocab WHERE term IN ({','.join('?' * len(part))})", tuple(part))
             df.update((str(t), int(d)) for t, d in rows)
         return df
+
+    def metadata_keys(self, conn: Connection) -> set[str]:
+        rows = conn.execute(text("SELECT DISTINCT j.key FROM documents d, json_each(d.meta) j "
+                                 "WHERE json_type(d.meta) = 'object'"))
+        return {r[0] for r in rows}
 
     # ------------------------------------------------------------------ substrings (FTS5 trigram)
     # The passages' text, NFKC + lower case (japanese.match_text), in an FTS5 trigram index;

@@ -1,4 +1,4 @@
-"""The ``mitsuke`` command: index, search, info, eval, chunk, serve, mcp.
+"""The ``mitsuke`` command: index, search, info, eval, chunk, docs, compact, serve, mcp.
 
 The CLI sits above both sides of the library and imports downward only:
 ``mitsuke.cli.index`` (``index``, ``chunk``) uses the write side
@@ -13,12 +13,14 @@ stays fast.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
 
 from mitsuke import __version__
-from mitsuke.cli import evaluate, index, info, search, serve
+from mitsuke.cli import compact, docs, evaluate, index, info, integrity, search, serve
+from mitsuke.cli.errors import one_line
 from mitsuke.cli.options import CONTEXT
 from mitsuke.indexer.errors import MitsukeError
 
@@ -40,12 +42,23 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MitsukeError as exc:
             raise click.ClickException(str(exc)) from None
+        except (OSError, RecursionError, MemoryError) as exc:
+            raise click.ClickException(one_line(exc)) from None
+        except Exception as exc:  # a SQLite error on a damaged meta.sqlite: one line, never a traceback
+            message = one_line(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="mitsuke")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="More log output (-v info, -vv debug); -v also shows the model libraries' own progress bars.")
+@click.option("--color/--no-color", default=None,
+              help="Colour the output (default: only on a terminal, never when NO_COLOR is set).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, color: bool | None) -> None:
     """mitsuke (見付け): Japanese-first semantic search.
 
     \b
@@ -54,11 +67,19 @@ def cli(verbose: int) -> None:
       mitsuke index data/ --index idx --model ./my-model
       mitsuke search "豊岡市の気候は?" --index idx -k 5
       mitsuke info --index idx
+      mitsuke docs list --index idx
+
+    Exit status: 0 done; 1 an error (nothing changed); 2 a usage error;
+    3 some inputs failed (`index`, `chunk`: the others were committed).
     """
     _setup_logging(verbose)
+    if color is None and os.environ.get("NO_COLOR"):
+        color = False  # https://no-color.org
+    ctx.color = color
 
 
-for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd, serve.serve, serve.mcp):
+for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd, docs.docs,
+                 compact.compact, serve.serve, serve.mcp, integrity.verify, integrity.repair):
     cli.add_command(_command)
 del _command
 

@@ -13,7 +13,7 @@ __all__ = ["eval_cmd"]
 @click.command("eval", context_settings=CONTEXT)
 @index_option
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSONL with question, answers, doc_id, answer_spans (shared/eval format).")
+              help="JSONL, one question a line: question, answers, doc_id, answer_spans (README \"Measure it on your data\").")
 @click.option("-k", "ks", default="1,5,10,20", show_default=True, help="Cut-offs, comma-separated.")
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order.")
@@ -24,8 +24,10 @@ __all__ = ["eval_cmd"]
 @click.option("--per-query", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write per-question results (JSONL: ranks of the first hits, top 10) to this file.")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embeddings.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per_query, device, as_json):
+def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per_query, device, trust_remote_code,
+             as_json):
     """Score retrieval on a QA set: span/answer/document hit@k, MRR@10, nDCG@10, latency.
 
     Questions are matched to documents by doc_id = the key they were indexed
@@ -33,10 +35,17 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
     the metrics that need it and counted; answer_is_title questions are scored
     apart (document hit only); malformed lines are reported by line number.
 
+    A question line (answer_spans: [start, end) character offsets into the
+    document indexed under doc_id):
+
+    \b
+      {"qid": "1", "question": "豊岡市の年間平均降雪量は？", "answers": ["312cm"],
+       "doc_id": "豊岡市.md", "answer_spans": [[323, 328]]}
+
     \b
     Example:
-      mitsuke index ../shared/eval/jsquad-dev/corpus.jsonl --index jsq --model none
-      mitsuke eval --index jsq --queries ../shared/eval/jsquad-dev/queries.jsonl -k 1,5,10 --mode lexical
+      mitsuke index data --index demo-idx --model none
+      mitsuke eval --index demo-idx --queries questions.jsonl -k 1,5,10 --mode lexical
     """
     from mitsuke.search.evaluate import evaluate, load_queries
     from mitsuke.search.searcher import Searcher
@@ -48,7 +57,7 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
     if not cutoffs or min(cutoffs) < 1:
         raise click.UsageError(f"-k {ks!r}: cut-offs must be integers of at least 1, such as 1,5,10")
     qs = load_queries(queries)
-    with Searcher.open(index_dir, device=device) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
         report = evaluate(s, qs, cutoffs, mode=mode, rerank=not no_rerank, per_query=bool(per_query),
                           limit=limit, nprobe=nprobe, fusion=fusion)
     if per_query:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from collections import Counter
 
 import click
 
 from mitsuke.cli.formats import format_config, format_options
-from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.cli.inputs import refuse_if_nothing_readable, report_ignored, unreadable_inputs
+from mitsuke.cli.options import CONTEXT, EXIT_PARTIAL, index_option, json_option
 
 __all__ = ["index", "chunk"]
 
@@ -19,7 +20,13 @@ __all__ = ["index", "chunk"]
 @click.option("--model", envvar="MITSUKE_MODEL", default=None,
               help="Hub id or local model directory; 'none' for a lexical-only index. Default: the index's own "
                    "model, or sbintuitions/sarashina-embedding-v1-1b for a new index (env: MITSUKE_MODEL).")
-@click.option("--prune", is_flag=True, help="Delete indexed documents that are not among this run's inputs.")
+@click.option("--prune", is_flag=True,
+              help="Delete indexed documents that are not among this run's inputs. Refused when an input path is "
+                   "missing or unreadable, or the inputs yield no documents (see --force).")
+@click.option("--force", is_flag=True, help="With --prune: prune even when an input is missing or yields nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be added, updated and deleted (content hashes against the index); "
+                   "write nothing, load no model.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
@@ -38,6 +45,11 @@ __all__ = ["index", "chunk"]
 @click.option("--dtype", default="auto", show_default=True,
               help="Embedding dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, no estimate: only the summary, warnings and failures.")
+@click.option("--progress-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              envvar="MITSUKE_PROGRESS_INTERVAL", metavar="SECONDS",
+              help="When stderr is not a terminal: a progress line with ETA every SECONDS "
+                   "(env: MITSUKE_PROGRESS_INTERVAL).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Index on Ray (pip install 'mitsuke[ray]'): alone, a local cluster on 127.0.0.1 using all GPUs "
                    "or CPUs; with host:port, join that cluster. Put it after the paths, or write --ray=ADDRESS.")
@@ -45,23 +57,28 @@ __all__ = ["index", "chunk"]
               help="With --ray: embedding actors (default: one per GPU, else one CPU actor).")
 @format_options
 @json_option
-def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, ray_address, actors, as_json,
-          csv_mode, csv_column, pdf_max_pages):
+def index(paths, index_dir, model, prune, force, dry_run, include, exclude, encoding, max_tokens, max_chars,
+          overlap, ann, nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, quiet,
+          progress_interval, ray_address, actors, as_json, csv_mode, csv_column, pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
     interruption resumes without re-embedding what was committed.
 
+    Exit status: 0 all inputs indexed; 3 some inputs failed (listed on stderr;
+    the others are committed); 1 an error (nothing changed, e.g. --prune
+    refused); 2 a usage error.
+
     \b
     Examples:
       mitsuke index data/ --index idx --model none
       mitsuke index docs/ notes.md --index idx --model ./sarashina --dtype bfloat16
+      mitsuke index docs/ --index idx --prune --dry-run      # what would change
       cat dump.jsonl | mitsuke index - --index idx --model none --json
       mitsuke index corpus/ --index idx --model ./sarashina --ray          # every GPU of this machine
       mitsuke index corpus/ --index idx --ray=10.0.0.5:6379 --actors 16    # join a Ray cluster
     """
-    from mitsuke.indexer.builder import IndexBuilder
+    from mitsuke.cli.indexrun import run_index
     from mitsuke.indexer.config import AnnConfig, ChunkConfig, EmbedConfig
 
     chunking = None
@@ -72,75 +89,22 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
                                    overlap=overlap if overlap is not None else base.overlap)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+    if force and not prune:
+        raise click.UsageError("--force only applies to --prune")
     if actors is not None and ray_address is None:
         raise click.UsageError("--actors sets the size of the Ray actor pool: add --ray")
-    # With --ray the driver only describes the model (and counts nothing): its copy stays off the GPUs.
-    embed = EmbedConfig(device="cpu" if ray_address else device, dtype="float32" if ray_address else dtype,
-                        trust_remote_code=trust_remote_code)
     formats = format_config(csv_mode, csv_column, pdf_max_pages)
-    started = time.monotonic()
-    ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
-    builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
-                                batch_docs=batch_docs, compact_min_rows=compact_min_rows)
-    if ray_address and not as_json:
-        click.echo(f"indexing on Ray ({'a local cluster on 127.0.0.1' if ray_address == 'local' else ray_address})",
-                   err=True)
-    elif builder.embedder is not None and not as_json:
-        e = builder.embedder
-        attn = getattr(e.model.config, "_attn_implementation", None) or "default"
-        click.echo(f"embedding with {e.info.name} on {e.device} ({e.dtype_name}, {attn} attention, "
-                   f"batches of up to {e.batch_tokens} tokens)", err=True)
-    bar = _progress(not as_json)
-    if bar is not None:
-        def on_progress(kind: str, n: int) -> None:
-            if kind == "tokens":
-                bar.set_postfix_str(f"{_tokens(bar, n)} tokens", refresh=False)
-            elif kind == "total":  # a Ray run counts inputs against a known total (tqdm shows the ETA)
-                bar.total, bar.unit, bar.counts_inputs = n, "input", True
-                bar.refresh()
-            elif (kind == "inputs") == getattr(bar, "counts_inputs", False):
-                bar.update(n)
-        builder.on_progress = on_progress
-    with builder:
-        if ray_address:
-            from mitsuke.indexer.distributed import index_with_ray
-
-            index_with_ray(builder, paths, address=None if ray_address == "local" else ray_address, actors=actors,
-                           include=include, exclude=exclude, encoding=encoding, device=device, dtype=dtype,
-                           trust_remote_code=trust_remote_code, formats=formats)
-        else:
-            builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding, formats=formats)
-        if prune:
-            builder.prune()
-    if bar is not None:
-        bar.close()
-    summary = builder.summary.to_dict()
-    summary["seconds"] = round(time.monotonic() - started, 3)
-    if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False))
-    else:
-        click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
-                   f"deleted {summary['deleted']}, failed {len(summary['failed'])}; "
-                   f"{summary['chunks_embedded']} chunks embedded in {summary['seconds']:.1f} s")
-        for f in summary["failed"]:
-            click.echo(f"  failed: {f['path']}: {f['reason']}", err=True)
-
-
-def _progress(enabled: bool):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(unit="doc", desc="indexing", file=sys.stderr)
-
-
-def _tokens(bar, n: int) -> str:
-    """Tokens embedded so far and the embedding rate, for the progress bar."""
-    bar.tokens = getattr(bar, "tokens", 0) + n
-    elapsed = bar.format_dict.get("elapsed") or 0
-    rate = f", {bar.tokens / elapsed:,.0f} tokens/s" if elapsed > 1 else ""
-    return f"{bar.tokens:,}{rate}"
-
+    run_index(
+        paths, index_dir, model, prune=prune, force=force, dry_run=dry_run, include=include, exclude=exclude,
+        encoding=encoding, formats=formats, chunking=chunking,
+        ann=AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None,
+        # With --ray the driver only describes the model: its copy stays on the CPU, off the GPUs.
+        embed=EmbedConfig(device="cpu" if ray_address else device, dtype="float32" if ray_address else dtype,
+                          trust_remote_code=trust_remote_code),
+        builder_options={"batch_docs": batch_docs, "compact_min_rows": compact_min_rows},
+        quiet=quiet, progress_interval=progress_interval, as_json=as_json,
+        ray={"address": None if ray_address == "local" else ray_address, "actors": actors, "device": device,
+             "dtype": dtype, "trust_remote_code": trust_remote_code} if ray_address else None)
 
 
 @click.command(context_settings=CONTEXT)
@@ -165,7 +129,8 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
 
     With --json, one object per line: doc_key, chunk_index, char_start,
     char_end, token_count, headings, text (text == document[char_start:char_end]).
-    Files that cannot be read are reported on stderr; the exit status is 1 if any.
+    Files that cannot be read are reported on stderr; the exit status is then 3
+    (as for `mitsuke index`); 1 when no input path exists at all.
 
     \b
     Examples:
@@ -199,9 +164,13 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
         chunker = Chunker(config, counter)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    bad = unreadable_inputs(paths)
+    refuse_if_nothing_readable(paths, bad)
     failed = 0
     formats = format_config(csv_mode, csv_column, pdf_max_pages)
-    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats):
+    ignored: Counter[str] = Counter()
+    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats,
+                               ignored=ignored):
         if isinstance(item, LoadFailure):
             failed += 1
             click.echo(f"failed: {item.path}: {item.reason}", err=True)
@@ -215,7 +184,9 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
                 head = " > ".join(c.headings)
                 click.echo(f"{item.key}#{c.index} [{c.char_start}:{c.char_end}] {c.token_count} "
                            + (f"({head}) " if head else "") + " ".join(c.text.split())[:80])
+    report_ignored(ignored, include)
     if failed:
-        sys.exit(1)
+        click.echo(f"mitsuke: {failed} input(s) failed (exit status {EXIT_PARTIAL})", err=True)
+        sys.exit(EXIT_PARTIAL)
 
 

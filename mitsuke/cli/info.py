@@ -6,6 +6,7 @@ import json
 import click
 
 from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.cli.terminal import printable
 
 __all__ = ["info"]
 
@@ -27,9 +28,9 @@ def info(index_dir, as_json):
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=1))
         return
-    model = data["model"]["name"] if data["model"] else "none (lexical-only)"
+    model = printable(data["model"]["name"]) if data["model"] else "none (lexical-only)"
     ann = data["ann"] or {}
-    click.echo(f"index       {data['path']}")
+    click.echo(f"index       {printable(data['path'])}")
     click.echo(f"documents   {data['documents']}")
     click.echo(f"chunks      {data['chunks']}")
     click.echo(f"model       {model}" + (f" (dim {data['dim']})" if data["dim"] else ""))

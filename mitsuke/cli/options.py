@@ -3,7 +3,17 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["CONTEXT", "index_option", "json_option", "mode_option"]
+__all__ = ["CONTEXT", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL", "MAX_K", "index_option", "json_option",
+           "mode_option"]
+
+# Exit statuses of every command (README "Exit status").
+EXIT_OK = 0       # everything done
+EXIT_ERROR = 1    # an error; nothing was changed (or the one-line message says what was)
+EXIT_USAGE = 2    # a usage error (click's own status): bad option, missing argument, empty query
+EXIT_PARTIAL = 3  # some inputs failed; the others were committed and the summary counts them
+
+# The most passages one search returns: bounds what -k may ask of FAISS and SQLite.
+MAX_K = 100_000
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -6,7 +6,8 @@ import re
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option, mode_option
+from mitsuke.cli.options import CONTEXT, MAX_K, index_option, json_option, mode_option
+from mitsuke.cli.terminal import printable
 
 __all__ = ["search"]
 
@@ -14,27 +15,33 @@ __all__ = ["search"]
 @click.command(context_settings=CONTEXT)
 @click.argument("query")
 @index_option
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of passages.")
+@click.option("-k", "k", type=click.IntRange(min=1, max=MAX_K), default=10, show_default=True,
+              help="Number of passages.")
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order (skip exact cosine over stored vectors).")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Filter on document metadata or doc_key (glob), title, source_type, source (repeatable, ANDed).")
-@click.option("--candidates", type=click.IntRange(min=1), default=None,
+@click.option("--candidates", type=click.IntRange(min=1, max=MAX_K * 10), default=None,
               help="Dense candidates rescored exactly / per leg in hybrid mode (default: 10 × k).")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit (default: the manifest's).")
+@click.option("--nprobe", type=click.IntRange(min=1, max=1 << 20), default=None, help="IVF cells to visit (default: the manifest's).")
 @click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
               help="How hybrid mode combines dense and lexical results: reciprocal ranks or normalised scores.")
 @click.option("--weights", default=None, metavar="DENSE,LEXICAL",
               help="Hybrid leg weights, e.g. 0.3,1 to trust BM25 more than a weak model (default 1,1).")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device, as_json):
+def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device,
+           trust_remote_code, as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
     Each result shows its rank, score, title, document key and character range,
-    and a snippet with the query's terms marked. --json prints a list of
-    objects with rank, score, doc_key, title, text, char_start, char_end,
-    chunk_id, headings, metadata, pages (PDF: [first, last]) and the per-leg scores and ranks.
+    and a snippet with the query's terms marked; a last line gives the search
+    time. --json prints a list of objects with rank, score, doc_key, title,
+    text, char_start, char_end, chunk_id, headings, metadata, pages (PDF:
+    [first, last]) and the per-leg scores and ranks (a list, as always: the
+    time goes to stderr as "mitsuke: N passages in X ms"). A --where key that
+    no document has is warned about on stderr, with the keys that exist.
 
     \b
     Examples:
@@ -43,31 +50,46 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
       mitsuke search "空港" --index idx --where 'doc_key=空*' --where lang=ja
       mitsuke search "更科蕎麦" --index idx --fusion weighted --weights 0.3,1
     """
+    import time
+
+    from mitsuke.cli.where import warn_unknown_keys
     from mitsuke.search.filters import parse_where
     from mitsuke.search.searcher import Searcher
 
+    if not query.strip():
+        raise click.UsageError("the query is empty; give the words to search for, e.g. mitsuke search \"豊岡市の気候\"")
     w = None
     if weights is not None:
         try:
             w = [float(x) for x in weights.split(",")]
         except ValueError:
             raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
-    with Searcher.open(index_dir, device=device) as s:
-        hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=parse_where(list(where)) or None,
+    filters = parse_where(list(where)) or None
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
+        if filters:
+            warn_unknown_keys(s, filters)
+        if s.has_dense and mode != "lexical":
+            s.embedder  # noqa: B018 -- load the model first: the time shown is the search's own
+        started = time.perf_counter()
+        hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=filters,
                         candidates=candidates, nprobe=nprobe, fusion=fusion, weights=w)
+        took_ms = (time.perf_counter() - started) * 1000
+    took = f"{len(hits)} passage{'s' if len(hits) != 1 else ''} in {took_ms:.1f} ms"
     if as_json:
         click.echo(json.dumps([h.to_dict(rank=i) for i, h in enumerate(hits, 1)], ensure_ascii=False, indent=1))
+        click.echo(f"mitsuke: {took}", err=True)
         return
     if not hits:
-        click.echo("no results")
+        click.echo(f"no results ({took_ms:.1f} ms)")
         return
     marks = _query_marks(query)
     for i, h in enumerate(hits, 1):
-        heading = " > ".join(h.headings)
+        heading = printable(" > ".join(h.headings))
         page = "" if not h.pages else f" p.{h.pages[0]}" + (f"-{h.pages[1]}" if h.pages[1] != h.pages[0] else "")
-        click.echo(click.style(f"{i:>2}. {h.score:.4f}  {h.title or h.doc_key}", bold=True)
-                   + f"  [{h.doc_key} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
-        click.echo("    " + _snippet(h.text, marks))
+        click.echo(click.style(f"{i:>2}. {h.score:.4f}  {printable(h.title or h.doc_key)}", bold=True)
+                   + f"  [{printable(h.doc_key)} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
+        click.echo("    " + _snippet(printable(h.text), marks))
+    click.echo(took)
 
 
 def _query_marks(query: str) -> list[str]:
