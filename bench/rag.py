@@ -94,7 +94,7 @@ def main() -> None:
             ms = median_ms(lambda q: searcher.retrieve_context(q, k=5, mode=mode, neighbors=n, max_chars=mc), queries)
             rows.append((mode, f"retrieve_context k=5 neighbors={n} max_chars={mc}", ms))
     print(f"\nLatency, one thread, {len(queries)} JSQuAD questions (median ms)")
-    print(f"| mode | call | median ms |\n|---|---|---:|")
+    print("| mode | call | median ms |\n|---|---|---:|")
     for mode, call, ms in rows:
         print(f"| {mode} | {call} | {ms:.2f} |")
 

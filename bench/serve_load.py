@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import machine, table, write_results  # noqa: E402
+from common import table, write_results  # noqa: E402
 
 QUERIES = [
     "豊岡市の年間平均降雪量は？", "清水建設の創業者は誰ですか", "ブッダガヤにある寺院", "享保の改革を行った将軍",

@@ -24,8 +24,8 @@ from mitsuke.indexer.config import AnnConfig
 from mitsuke.indexer.durable import atomic_write, fault_point
 
 __all__ = [
-    "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_nlist", "gpu_cloner_settings", "gpu_count",
-    "GPU_PQ_M", "GPU_SHARED_MEM", "FLAT_THRESHOLD",
+    "AnnParams", "AnnIndex", "choose_params", "choose_m", "choose_m_fastscan", "choose_nlist", "gpu_cloner_settings",
+    "gpu_count", "GPU_PQ_M", "GPU_SHARED_MEM", "FLAT_THRESHOLD", "DEFAULT_NBITS",
 ]
 
 log = logging.getLogger("mitsuke")
@@ -51,6 +51,17 @@ TRAIN_POINTS_PER_CELL = 64
 PQ_MIN_TRAIN = 256 * MIN_POINTS_PER_CENTROID
 # Below this k-means cannot even place the 256 centroids of a PQ codebook.
 PQ_MIN_POINTS = 256
+# PQ code bits of new IVF-PQ indexes: 4 (IndexIVFPQFastScan, SIMD on the CPU) or 8
+# (IndexIVFPQ, clones to a GPU as it is). Measured at equal bytes per vector (64) on
+# 50k x 1792 clustered vectors, nlist 256 (bench/ann_params.py, bench/sections/ann_recall.md):
+# for >= 0.97 recall@10 fast-scan needed a rerank pool of 30 vs 300, p50 2.1 vs 84 ms
+# (loaded machine), training 25 vs 288 s, adds 29 vs 140 s. A GPU reader converts
+# (indexer.ann_gpu keeps the IVF centroids, retrains 8-bit codebooks).
+DEFAULT_NBITS = 4
+# ... for dimensions where each 4-bit sub-quantizer keeps at least this many dims (384-d and up);
+# on the 64-d test corpus (2 dims each) fast-scan's top-10 overlap with flat at pool 100 was 0.985
+# vs 0.995 for 8-bit codes, so small dims keep 8-bit codes.
+FASTSCAN_MIN_DIMS = 8
 
 
 @dataclass(frozen=True)
@@ -116,13 +127,28 @@ def choose_nlist(n: int) -> int:
     return min(nlist, 65536)
 
 
+def choose_m_fastscan(dim: int) -> int:
+    """Sub-quantizers for 4-bit fast-scan PQ at the bytes per vector of :func:`choose_m`'s 8-bit codes.
+
+    Twice as many 4-bit sub-quantizers as 8-bit ones (1792: 128 of 14 dims,
+    64 bytes), when that divides ``dim``; fast-scan needs an even count.
+    """
+    m = choose_m(dim)
+    if dim % (2 * m) == 0:
+        return 2 * m
+    return m if m % 2 == 0 else 2 * m
+
+
 def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | None = None,
-                  nlist: int | None = None) -> AnnParams:
+                  nlist: int | None = None, nbits: int | None = None) -> AnnParams:
     """ANN parameters for ``n`` vectors of ``dim`` dimensions (``kind``: auto, flat, ivfpq).
 
     - kind: flat below ``flat_threshold`` (``FLAT_THRESHOLD``), IVF-PQ above;
     - nlist: :func:`choose_nlist` (``nlist`` overrides it, e.g. for small test corpora);
-    - m: :func:`choose_m`; nbits: 8, the only value classic GPU IVF-PQ accepts;
+    - nbits: ``DEFAULT_NBITS`` (4: FAISS's SIMD fast-scan PQ with
+      :func:`choose_m_fastscan` sub-quantizers; bench/ann_params.py), or 8 with
+      :func:`choose_m` (the only code size classic GPU IVF-PQ accepts; a GPU
+      reader converts 4-bit indexes with ``indexer.ann_gpu``);
     - train_size: 64 points per cell, at least 256·39 for the PQ codebooks,
       at most n — good centroids without training dominating the build;
     - nprobe: nlist/8, at least 16 (all cells if fewer): a query's true
@@ -133,7 +159,7 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
       curve; ``nprobe=`` at search time trades it for latency).
 
     >>> choose_params(1_000_000, 1792)
-    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=64, nbits=8, nprobe=128, train_size=65536, metric='ip')
+    AnnParams(kind='ivfpq', dim=1792, nlist=1024, m=128, nbits=4, nprobe=128, train_size=65536, metric='ip')
     """
     threshold = FLAT_THRESHOLD if flat_threshold is None else flat_threshold
     if kind == "auto":
@@ -152,8 +178,13 @@ def choose_params(n: int, dim: int, kind: str = "auto", flat_threshold: int | No
         raise ValueError(f"nlist must be at least 1, got {nlist}")
     train_size = min(max(n, 1), max(cells * TRAIN_POINTS_PER_CELL, PQ_MIN_TRAIN))
     nprobe = min(cells, max(16, cells // 8))
-    return AnnParams(kind="ivfpq", dim=dim, nlist=cells, m=choose_m(dim), nbits=8, nprobe=nprobe,
-                     train_size=train_size)
+    bits = DEFAULT_NBITS if nbits is None else int(nbits)
+    if nbits is None and bits == 4 and dim // choose_m_fastscan(dim) < FASTSCAN_MIN_DIMS:
+        bits = 8  # tiny dims: 4-bit codes of 2-4 dims ranked worse than 8-bit ones (64-d test corpus)
+    if bits not in (4, 8):
+        raise ValueError(f"PQ code bits must be 4 (fast-scan) or 8, got {nbits}")
+    m = choose_m(dim) if bits == 8 else choose_m_fastscan(dim)
+    return AnnParams(kind="ivfpq", dim=dim, nlist=cells, m=m, nbits=bits, nprobe=nprobe, train_size=train_size)
 
 
 def gpu_cloner_settings(params: AnnParams) -> dict[str, bool]:
@@ -207,8 +238,8 @@ class AnnIndex:
             if params.dim % params.m:
                 raise ValueError(f"m={params.m} does not divide dim={params.dim}")
             quantizer = faiss.IndexFlatIP(params.dim)
-            index = faiss.IndexIVFPQ(quantizer, params.dim, params.nlist, params.m, params.nbits,
-                                     faiss.METRIC_INNER_PRODUCT)
+            cls_ = faiss.IndexIVFPQFastScan if params.nbits == 4 else faiss.IndexIVFPQ
+            index = cls_(quantizer, params.dim, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = params.nprobe
         return cls(index, params)
 
@@ -224,6 +255,9 @@ class AnnIndex:
     def _to_gpu(self, index):
         """``index`` cloned to GPU 0 with the cloner options its parameters need, or None."""
         if self._gpu_failed or gpu_count() == 0:
+            return None
+        if self.params.nbits == 4 and self.params.kind == "ivfpq":
+            # FAISS GPU has no fast-scan IVF-PQ: indexer.ann_gpu.for_gpu converts (readers do it at load).
             return None
         faiss = _faiss()
         try:
@@ -316,11 +350,9 @@ class AnnIndex:
             self._gpu = self._to_gpu(self.index)
         index = self._gpu if self._gpu is not None else self.index
         if self.params.kind == "ivfpq":
-            probe = int(nprobe or self.params.nprobe)
-            if self._gpu is not None:
-                # GPU indexes take nprobe as an attribute, not as SearchParameters.
-                index.nprobe = probe
-                return index.search(q, k)
+            # nprobe travels with the call (GPU indexes accept SearchParametersIVF too):
+            # setting index.nprobe on an index shared by threads would race.
+            probe = min(int(nprobe or self.params.nprobe), self.params.nlist)
             return index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=probe))
         return index.search(q, k)
 
@@ -368,7 +400,8 @@ class AnnIndex:
         if params.kind == "flat":
             ok = isinstance(index, faiss.IndexIDMap2)
         else:
-            ok = (isinstance(index, faiss.IndexIVFPQ) and index.nlist == params.nlist and index.pq.M == params.m
+            cls_ = faiss.IndexIVFPQFastScan if params.nbits == 4 else faiss.IndexIVFPQ
+            ok = (isinstance(index, cls_) and index.nlist == params.nlist and index.pq.M == params.m
                   and index.pq.nbits == params.nbits)
         if not ok:
             # e.g. a kill between saving a re-sized index and writing the manifest

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.ann_tune import needs_tuning, tune_ann
 from mitsuke.indexer.checksums import Block, extend_blocks, file_blocks
 from mitsuke.indexer.identity import adopt_identity, check_files_beside
 from mitsuke.indexer.chunking import Chunk, Chunker
@@ -157,6 +158,7 @@ class IndexBuilder:
         embed: EmbedConfig | None = None,
         embedder: Embedder | None = None,
         load_model: bool = True,
+        recall_target: float | None = None,
         **kwargs: Any,
     ) -> "IndexBuilder":
         """Open (or create) the index at ``path`` for writing.
@@ -168,6 +170,9 @@ class IndexBuilder:
         it can delete, compact, settle and rebuild (``mitsuke docs delete``,
         ``compact``, ``repair`` when the model cannot be loaded), not add
         documents (that raises ``MitsukeError``).
+
+        ``recall_target``: mean recall@10 that the measured IVF-PQ search
+        settings must reach (default 0.97; kept in the manifest's ``ann_config``).
         """
         path = Path(path)
         paths = IndexPaths(path)
@@ -224,6 +229,12 @@ class IndexBuilder:
                 manifest = manifest.write(path)
             elif ann is not None:
                 manifest = replace(manifest, ann_config=ann)
+            if recall_target is not None:
+                try:
+                    cfg = replace(manifest.ann_config, recall_target=float(recall_target))
+                except (TypeError, ValueError) as exc:
+                    raise MitsukeError(f"--recall-target {recall_target!r}: {exc}") from None
+                manifest = replace(manifest, ann_config=cfg)
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
@@ -261,6 +272,7 @@ class IndexBuilder:
                 self._maybe_switch_ann()
                 if self._ann_dirty:
                     self._save_ann()
+                self._maybe_tune()
             self._write_manifest()
         finally:
             self._closed = True
@@ -592,11 +604,27 @@ class IndexBuilder:
         self._lock.ensure_valid()
         size, crc = self.ann.save(self.paths.ann)
         fault_point("ann_saved")  # ann.faiss does not match the manifest's checksum: rebuilt from vectors
-        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation, size, crc,
-                                                            self.manifest.index_id))
+        old = self.manifest.ann
+        # The measurement stays with the index it was made on (same parameters).
+        tuning = old.tuning if old is not None and old.params == self.ann.params else None
+        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation, size=size, crc=crc,
+                                                            index_id=self.manifest.index_id, tuning=tuning))
         self._write_manifest()
         self._ann_dirty = False
         self._last_ann_save = time.monotonic()
+
+    def _maybe_tune(self) -> None:
+        """Measure recall and choose nprobe / rerank pool when the IVF-PQ index is new or grew 2× (ann_tune)."""
+        state = self.manifest.ann
+        if state is None or not needs_tuning(state.tuning, self.ann, self.manifest.ann_config.recall_target):
+            return
+        with self.store.begin() as conn:
+            live = self.store.live_vectors(conn)
+        ids = np.array([c for c, _ in live], dtype=np.int64)
+        rows = np.array([r for _, r in live], dtype=np.int64)
+        tuned = tune_ann(self.ann, self.vectors, ids, rows, target=self.manifest.ann_config.recall_target)
+        if tuned is not None:
+            self.manifest = replace(self.manifest, ann=replace(state, tuning=tuned))  # close() writes it next
 
     def _write_manifest(self) -> None:
         with self.store.begin() as conn:

@@ -56,6 +56,8 @@ class AnnConfig:
 
     ``nlist`` fixes the number of IVF cells instead of deriving it from the
     count (indexer.ann.choose_nlist); small test corpora use it.
+    ``recall_target``: the mean recall@10 (ANN + exact rerank vs exact search)
+    that the measured nprobe / rerank pool must reach (indexer.ann_tune).
     """
 
     kind: str = "auto"
@@ -64,12 +66,18 @@ class AnnConfig:
     # while IVF-PQ training on so few points costs more than it would ever save.
     flat_threshold: int = 50_000
     nlist: int | None = None
+    recall_target: float = 0.97
+    nbits: int | None = None  # PQ code bits: 8, or 4 for fast-scan; None: indexer.ann.DEFAULT_NBITS
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", "flat", "ivfpq"):
             raise ValueError(f"ann kind must be auto, flat or ivfpq, got {self.kind!r}")
         if self.nlist is not None and self.nlist < 1:
             raise ValueError(f"nlist must be at least 1, got {self.nlist}")
+        if self.nbits not in (None, 4, 8):
+            raise ValueError(f"PQ code bits must be 4 or 8, got {self.nbits}")
+        if not 0 < self.recall_target <= 1:
+            raise ValueError(f"recall target must be in (0, 1], got {self.recall_target}")
 
 
 @dataclass(frozen=True)

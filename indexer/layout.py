@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mitsuke.indexer.ann import AnnParams, choose_params
+from mitsuke.indexer.ann_record import AnnTuning
 from mitsuke.indexer.config import AnnConfig, ChunkConfig
 from mitsuke.indexer.durable import atomic_write_bytes
 from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError
@@ -173,19 +174,25 @@ class AnnState:
     size: int | None = None
     crc: int | None = None
     index_id: str | None = None
+    tuning: AnnTuning | None = None  # measured recall and the chosen nprobe / pool (indexer.ann_tune)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"params": self.params.to_dict(), "generation": self.generation}
         for key in ("size", "crc", "index_id"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tuning is not None:
+            out["tuning"] = self.tuning.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AnnState:
-        return cls(AnnParams.from_dict(d["params"]), int(d.get("generation", 0)),
-                   _optional_int(d.get("size")), _optional_int(d.get("crc")),
-                   None if d.get("index_id") is None else str(d["index_id"]))
+        params = AnnParams.from_dict(d["params"])
+        tuning = AnnTuning.from_dict(d.get("tuning"))
+        if tuning is not None and (params.kind != "ivfpq" or tuning.nlist != params.nlist):
+            tuning = None  # measured on another index
+        return cls(params, int(d.get("generation", 0)), _optional_int(d.get("size")), _optional_int(d.get("crc")),
+                   None if d.get("index_id") is None else str(d["index_id"]), tuning)
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class Manifest:
     def ann_params(self, n: int) -> AnnParams:
         """The ANN parameters the recorded ``ann_config`` gives for ``n`` vectors (writer and reader alike)."""
         cfg = self.ann_config
-        return choose_params(n, self.dim, cfg.kind, cfg.flat_threshold, nlist=cfg.nlist)
+        return choose_params(n, self.dim, cfg.kind, cfg.flat_threshold, nlist=cfg.nlist, nbits=cfg.nbits)
 
     # ------------------------------------------------------------------ the model check
     def check_model(self, index: str | Path, *, model: str | None = None, embedder: _HasModel | None = None,
@@ -294,7 +301,7 @@ class Manifest:
             "format_version": FORMAT_VERSION,
             "model": self.model.to_dict() if self.model else None,
             "chunking": asdict(self.chunking),
-            "ann_config": asdict(self.ann_config),
+            "ann_config": _ann_config_json(self.ann_config),
             "ann": self.ann.to_dict() if self.ann else None,
             "generation": self.generation,
             "counts": asdict(self.counts),
@@ -354,6 +361,16 @@ class Manifest:
         text = json.dumps(stamped.to_json(), ensure_ascii=False, indent=2, sort_keys=True)
         atomic_write_bytes(IndexPaths(index).manifest, text.encode("utf-8"))
         return stamped
+
+
+# ann_config keys of format 1 as first written; later ones are written only when set, so an index
+# keeps opening in a mitsuke that does not know them (AnnConfig(**d) would refuse an unknown key).
+_ANN_CONFIG_V1 = ("kind", "flat_threshold", "nlist")
+
+
+def _ann_config_json(cfg: AnnConfig) -> dict[str, Any]:
+    default = AnnConfig()
+    return {k: v for k, v in asdict(cfg).items() if k in _ANN_CONFIG_V1 or v != getattr(default, k)}
 
 
 def _mismatch(index: str | Path, have: str, wanted: str, writing: bool) -> str:

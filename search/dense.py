@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.ann_delta import AnnView
 from mitsuke.indexer.store import Filter, Snapshot
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.rerank import exact_scores, exact_top_k
@@ -38,8 +39,8 @@ EXACT_SCAN_ELEMENTS = 1 << 22
 Hits = list[tuple[int, float]]
 
 
-def dense_leg(snap: Snapshot, ann: AnnIndex, vectors: VectorStore, qvecs: np.ndarray, n_out: int, pool: int,
-              rerank: bool, nprobe: int | None, flt: Filter | None) -> list[Hits]:
+def dense_leg(snap: Snapshot, ann: AnnIndex | AnnView, vectors: VectorStore, qvecs: np.ndarray, n_out: int,
+              pool: int, rerank: bool, nprobe: int | None, flt: Filter | None) -> list[Hits]:
     """Best ``n_out`` (chunk id, cosine) per query vector, best first."""
     flat = ann.params.kind == "flat"
     if flt is None:
@@ -67,8 +68,8 @@ def dense_leg(snap: Snapshot, ann: AnnIndex, vectors: VectorStore, qvecs: np.nda
     return out
 
 
-def ann_candidates(snap: Snapshot, ann: AnnIndex, vectors: VectorStore, qvecs: np.ndarray, n_out: int, pool: int,
-                   rerank: bool, nprobe: int | None, allowed_ids: np.ndarray | None) -> list[Hits]:
+def ann_candidates(snap: Snapshot, ann: AnnIndex | AnnView, vectors: VectorStore, qvecs: np.ndarray, n_out: int,
+                   pool: int, rerank: bool, nprobe: int | None, allowed_ids: np.ndarray | None) -> list[Hits]:
     """ANN search (restricted to ``allowed_ids`` when given), then exact rerank of the candidates."""
     fetch = max(pool, n_out) if rerank else n_out
     scores, ids = ann.search(qvecs, fetch, nprobe, allowed_ids)

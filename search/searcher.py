@@ -10,13 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnIndex
+from mitsuke.indexer.ann import AnnParams, gpu_count
+from mitsuke.indexer.ann_gpu import for_gpu, needs_conversion
+from mitsuke.indexer.ann_delta import AnnView
+from mitsuke.indexer.ann_tune import AnnTuning
 from mitsuke.indexer.errors import IndexFormatError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
-from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
+from mitsuke.indexer.recovery import load_ann, rebuild_ann
+from mitsuke.indexer.store import ChunkRow, Snapshot
 from mitsuke.search.opening import open_reader_store
-from mitsuke.indexer.store import ChunkRow, MetadataStore, Snapshot
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.context import Context, retrieve_context
 from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
@@ -66,6 +69,14 @@ def _encodable(query: str) -> str:
         return query.encode("utf-8", "replace").decode("utf-8")
 
 
+def _tuning_of(manifest: Manifest | None, params: AnnParams | None) -> AnnTuning | None:
+    """The measured nprobe / pool recorded for the saved ANN index (if ``params`` given: for those parameters)."""
+    tuning = manifest.ann.tuning if manifest is not None and manifest.ann is not None else None
+    if tuning is None or params is None:
+        return tuning
+    return tuning if params.kind == "ivfpq" and tuning.nlist == params.nlist else None
+
+
 class Searcher:
     """Query an index directory.
 
@@ -96,7 +107,8 @@ class Searcher:
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one forward pass at a time per model
-        self._ann: AnnIndex | None = None
+        self._ann: AnnView | None = None
+        self._tuning: AnnTuning | None = _tuning_of(manifest, None)
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
         self._told_no_trigrams = False
@@ -156,27 +168,34 @@ class Searcher:
                     self._embedder = embedder
         return self._embedder
 
-    def _ann_for(self, snap: Snapshot) -> AnnIndex:
+    def _ann_for(self, snap: Snapshot) -> AnnView:
         """The ANN index, caught up in memory to the snapshot's generation."""
         conn, generation = snap.conn, snap.generation
         with self._lock:
             if self._ann is None:
                 manifest = Manifest.read(self.path) or self.manifest  # the writer may have saved one since open
                 if manifest.ann is not None:
-                    self._ann, _ = load_ann(self.paths.ann, self.store, conn, self.vectors, manifest.ann.params,
-                                            manifest.ann.generation, generation, saved=manifest.ann,
-                                            index_id=manifest.index_id)
+                    ann, _ = load_ann(self.paths.ann, self.store, conn, self.vectors, manifest.ann.params,
+                                      manifest.ann.generation, generation, saved=manifest.ann,
+                                      index_id=manifest.index_id)
+                    if gpu_count() and needs_conversion(ann.params):  # fast-scan codes: GPU FAISS needs 8-bit
+                        ann = for_gpu(ann, self.store, conn, self.vectors)
+                    self._ann = AnnView(ann)
                 else:
                     params = manifest.ann_params(self.store.counts(conn)["chunks"])
                     log.info("%s has no ANN index yet: building one in memory", self.path)
-                    self._ann = rebuild_ann(self.store, conn, self.vectors, params)
+                    self._ann = AnnView(rebuild_ann(self.store, conn, self.vectors, params))
                 self._ann_generation = generation
+                self._tuning = _tuning_of(manifest, self._ann.params)
             elif generation > self._ann_generation:
-                # Other threads may be searching self._ann outside this lock: catch up a copy, swap it in.
-                ann = self._ann.copy()
-                catch_up_ann(ann, self.store, conn, self.vectors, self._ann_generation)
-                self._ann = ann
+                # Other threads may be searching self._ann outside this lock, and FAISS
+                # allows concurrent searches but not a search during add/remove (ids come
+                # back mismatched): views are immutable, a new one is swapped in.
+                # The view shares its base with the old one and adds only what changed
+                # (indexer.ann_delta): no copy of the whole index per commit.
+                self._ann = self._ann.catch_up(self.store, conn, self.vectors, self._ann_generation)
                 self._ann_generation = generation
+                self._tuning = _tuning_of(Manifest.read(self.path) or self.manifest, self._ann.params)
             return self._ann
 
     # ------------------------------------------------------------------ search
@@ -244,9 +263,13 @@ class Searcher:
                  fusion: str | None, weights: Sequence[float] | None, where: dict[str, Any] | None) -> _Request:
         mode = self._check_mode(mode)
         k = _positive_int("k", k)
-        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * CANDIDATE_FACTOR, k)
+        tuning = self._tuning  # measured at build time (indexer.ann_tune); None: the formula defaults
+        factor = tuning.candidate_factor if tuning is not None else CANDIDATE_FACTOR
+        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * factor, k)
         if nprobe is not None:
             nprobe = _positive_int("nprobe", nprobe)
+        elif tuning is not None:
+            nprobe = tuning.nprobe
         fusion = self.fusion if fusion is None else fusion
         if fusion not in FUSIONS:
             raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -374,6 +397,7 @@ class Searcher:
             "dim": self.dim or None,
             "ann": manifest.ann.params.to_dict() if manifest.ann else None,
             "ann_generation": manifest.ann.generation if manifest.ann else None,
+            "ann_tuning": manifest.ann.tuning.to_dict() if manifest.ann and manifest.ann.tuning else None,
             "generation": generation,
             "chunking": asdict(manifest.chunking),
             "files": self.paths.sizes(),

@@ -7,16 +7,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mitsuke.indexer.ann import (
-    FLAT_THRESHOLD, GPU_PQ_M, GPU_SHARED_MEM, PQ_MIN_TRAIN, AnnIndex, AnnParams, choose_m, choose_params,
+    DEFAULT_NBITS, FLAT_THRESHOLD, GPU_PQ_M, GPU_SHARED_MEM, PQ_MIN_TRAIN, AnnIndex, AnnParams, choose_m, choose_params,
     gpu_cloner_settings, gpu_count,
 )
+from mitsuke.indexer.ann_gpu import gpu_params
 
 DIMS = [384, 768, 1024, 1536, 1792, 4096]
 
 
 @pytest.mark.parametrize("dim", DIMS)
 def test_pq_settings_are_valid_for_classic_gpu_ivfpq(dim):
-    p = choose_params(1_000_000, dim)
+    # The default may be 4-bit fast-scan (CPU); its GPU form (indexer.ann_gpu) must be valid for GpuIndexIVFPQ.
+    p = gpu_params(choose_params(1_000_000, dim))
     assert p.kind == "ivfpq"
     assert p.m in GPU_PQ_M, "GpuIndexIVFPQ rejects sub-quantizer counts outside its list"
     assert dim % p.m == 0, "m must divide dim"
@@ -36,7 +38,20 @@ def test_pq_settings_are_valid_for_classic_gpu_ivfpq(dim):
 ])
 def test_chosen_m_per_dimension(dim, m, fp16):
     assert choose_m(dim) == m
-    assert gpu_cloner_settings(choose_params(10**6, dim))["useFloat16"] is fp16
+    assert gpu_cloner_settings(gpu_params(choose_params(10**6, dim)))["useFloat16"] is fp16
+    assert gpu_cloner_settings(choose_params(10**6, dim, nbits=8))["useFloat16"] is fp16
+
+
+@pytest.mark.parametrize("dim", DIMS + [64])
+def test_fastscan_codes_take_the_bytes_of_the_8bit_ones(dim):
+    p4, p8 = choose_params(10**6, dim, nbits=4), choose_params(10**6, dim, nbits=8)
+    assert p4.nbits == 4 and p8.nbits == 8
+    assert choose_params(10**6, dim).nbits == (DEFAULT_NBITS if dim >= 384 else 8)
+    assert dim % p4.m == 0 and p4.m % 2 == 0, "fast-scan packs sub-quantizers in pairs"
+    if dim % (2 * p8.m) == 0:
+        assert p4.m * 4 == p8.m * 8, "equal bytes per vector"
+    with pytest.raises(ValueError, match="4 .*or 8"):
+        choose_params(10**6, dim, nbits=6)
 
 
 def test_1792_never_gets_96_which_does_not_divide_it():
@@ -122,7 +137,7 @@ def test_gpu_train_search_and_cpu_save(tmp_path, dim):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((20_000, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    params = choose_params(20_000, dim, "ivfpq", nlist=64)
+    params = choose_params(20_000, dim, "ivfpq", nlist=64, nbits=8)  # fast-scan has no GPU form
     ann = AnnIndex.create(params)
     ann.train(x)
     ann.add_bulk([(np.arange(len(x)), x)])

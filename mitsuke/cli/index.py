@@ -37,6 +37,12 @@ __all__ = ["index", "chunk"]
               help="ANN index kind: auto (flat below 50k vectors, IVF-PQ above), flat or ivfpq.")
 @click.option("--nlist", type=click.IntRange(min=1), default=None,
               help="IVF cells for --ann ivfpq (default: derived from the number of vectors, see indexer.ann).")
+@click.option("--pq-bits", type=click.Choice(["4", "8"]), default=None,
+              help="IVF-PQ code bits: 8 (IndexIVFPQ, GPU-ready) or 4 (SIMD fast-scan on CPUs; "
+                   "a GPU reader converts).")
+@click.option("--recall-target", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Mean recall@10 (vs exact search) that the measured IVF-PQ nprobe / rerank pool must reach "
+                   "[default: 0.97, kept with the index].")
 @click.option("--batch-docs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Documents per commit: progress of an interrupted run survives in steps of this size.")
 @click.option("--compact-min-rows", type=click.IntRange(min=0), default=1024, hidden=True,
@@ -58,8 +64,8 @@ __all__ = ["index", "chunk"]
 @format_options
 @json_option
 def index(paths, index_dir, model, prune, force, dry_run, include, exclude, encoding, max_tokens, max_chars,
-          overlap, ann, nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, quiet,
-          progress_interval, ray_address, actors, as_json, csv_mode, csv_column, pdf_max_pages):
+          overlap, ann, nlist, pq_bits, recall_target, batch_docs, compact_min_rows, device, dtype, trust_remote_code,
+          quiet, progress_interval, ray_address, actors, as_json, csv_mode, csv_column, pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -94,14 +100,16 @@ def index(paths, index_dir, model, prune, force, dry_run, include, exclude, enco
     if actors is not None and ray_address is None:
         raise click.UsageError("--actors sets the size of the Ray actor pool: add --ray")
     formats = format_config(csv_mode, csv_column, pdf_max_pages)
+    ann_config = (AnnConfig(kind=ann or "auto", nlist=nlist, nbits=int(pq_bits) if pq_bits else None)
+                  if ann or nlist or pq_bits else None)
     run_index(
         paths, index_dir, model, prune=prune, force=force, dry_run=dry_run, include=include, exclude=exclude,
-        encoding=encoding, formats=formats, chunking=chunking,
-        ann=AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None,
+        encoding=encoding, formats=formats, chunking=chunking, ann=ann_config,
         # With --ray the driver only describes the model: its copy stays on the CPU, off the GPUs.
         embed=EmbedConfig(device="cpu" if ray_address else device, dtype="float32" if ray_address else dtype,
                           trust_remote_code=trust_remote_code),
-        builder_options={"batch_docs": batch_docs, "compact_min_rows": compact_min_rows},
+        builder_options={"batch_docs": batch_docs, "compact_min_rows": compact_min_rows,
+                         "recall_target": recall_target},
         quiet=quiet, progress_interval=progress_interval, as_json=as_json,
         ray={"address": None if ray_address == "local" else ray_address, "actors": actors, "device": device,
              "dtype": dtype, "trust_remote_code": trust_remote_code} if ray_address else None)

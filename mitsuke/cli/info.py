@@ -37,6 +37,15 @@ def info(index_dir, as_json):
     if ann:
         params = ", ".join(f"{k} {v}" for k, v in ann.items() if k not in ("dim", "metric") and v)
         click.echo(f"ann         {params}")
+    tuning = data.get("ann_tuning")
+    if tuning:
+        verdict = "met" if tuning["met"] else "NOT met"
+        click.echo(f"ann recall  {tuning['recall']:.3f} mean recall@{tuning['k']} vs exact (target "
+                   f"{tuning['target']}: {verdict}) at nprobe {tuning['nprobe']}, rerank pool "
+                   f"{tuning['k'] * tuning['candidate_factor']}; p50 {tuning['p50_ms']:.2f} ms; measured on "
+                   f"{tuning['queries']} queries at {tuning['vectors']:,} vectors")
+        if tuning.get("note"):
+            click.echo(f"            {tuning['note']}")
     click.echo(f"generation  {data['generation']}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<18}{size:>12,} bytes")
