@@ -46,9 +46,10 @@ from mitsuke.indexer.documents import Document, LoadFailure, document_from_mappi
 from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.identity import adopt_identity, check_files_beside
-from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
+from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
 from mitsuke.indexer.loaders import FormatOptions, iter_documents
+from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.salvage import Salvage, reembed_missing, settle_vectors
 from mitsuke.indexer.store import MetadataStore
@@ -57,7 +58,7 @@ from mitsuke.indexer.vectors import VectorStore
 if TYPE_CHECKING:
     from mitsuke.indexer.embedding import Embedder
 
-__all__ = ["IndexBuilder", "IndexSummary", "embedding_input"]
+__all__ = ["IndexBuilder", "IndexSummary", "embedding_input", "record_embedding"]
 
 log = logging.getLogger("mitsuke")
 
@@ -84,22 +85,9 @@ class IndexSummary:
         }
 
 
-def embedding_input(chunk_text: str, title: str, headings: tuple[str, ...], with_context: bool) -> str:
-    """What the model sees for a passage: title and heading path as context, then the passage."""
-    if not with_context:
-        return chunk_text
-    context = [h for h in (title, *headings) if h]
-    # A heading repeated as the passage's own first line is not worth two copies.
-    if context and headings and context[-1] == headings[-1] and chunk_text.lstrip("# ").startswith(headings[-1]):
-        context = context[:-1]
-    if context and context[0] == title and len(context) > 1 and context[1] == title:
-        context = context[1:]
-    return (" / ".join(context) + "\n" + chunk_text) if context else chunk_text
-
-
 @dataclass
 class _Pending:
-    doc: Document
+    doc: Document | PreparedDocument
     chunks: list[Chunk]
     old_doc_id: int | None
 
@@ -316,6 +304,50 @@ class IndexBuilder:
         self.flush()
         return self.summary
 
+    def add_prepared(self, items: Iterable[PreparedDocument | LoadFailure]) -> IndexSummary:
+        """Commit documents chunked, analysed and embedded elsewhere (see :mod:`mitsuke.indexer.distributed`).
+
+        The rules of :meth:`add_documents` hold: failures are recorded, a key seen
+        twice keeps the first, a document whose hash the index holds is unchanged
+        (``chunks is None`` marks one found unchanged where it was loaded); the
+        rest is committed in batches through the same crash-safe write path.
+        """
+        for item in items:
+            if isinstance(item, LoadFailure):
+                self._fail(item.path, item.reason)
+            elif self._admit(item) is not None:
+                if item.chunks is None:
+                    raise MitsukeError(f"document {item.key!r} came back unprepared although the index "
+                                       "does not hold it unchanged: was it loaded against another index?")
+                self._queue(_Pending(item, item.chunks, self._known[item.key][0] if item.key in self._known
+                                     else None))
+        self.flush()
+        return self.summary
+
+    def known_hashes(self) -> dict[str, str]:
+        """``{key: content_hash}`` of the committed documents (what a distributed run skips early)."""
+        return {key: digest for key, (_, digest) in self._known.items()}
+
+    def _admit(self, doc: Document | PreparedDocument) -> Document | PreparedDocument | None:
+        """``doc`` if it needs indexing; ``None`` for a duplicate key (a failure) or an unchanged document."""
+        if doc.key in self._seen:
+            self._fail(doc.source or doc.key, f"duplicate document key {doc.key!r} in this run; kept the first")
+            return None
+        self._seen.add(doc.key)
+        known = self._known.get(doc.key)
+        if known and known[1] == doc.content_hash:
+            self.summary.unchanged += 1
+            if self.on_progress:
+                self.on_progress("unchanged", 1)
+            return None
+        return doc
+
+    def _queue(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+        self._pending_chunks += len(pending.chunks)
+        if len(self._pending) >= self.batch_docs or self._pending_chunks >= self.batch_chunks:
+            self.flush()
+
     def _fail(self, path: str, reason: str) -> None:
         # Reported once, by whoever reads summary.failed (the CLI prints it); logged for -v.
         log.info("skipped %s: %s", path, reason)
@@ -324,27 +356,16 @@ class IndexBuilder:
             self.on_progress("failed", 1)
 
     def _add_one(self, doc: Document) -> None:
-        if doc.key in self._seen:
-            self._fail(doc.source or doc.key, f"duplicate document key {doc.key!r} in this run; kept the first")
+        if self._admit(doc) is None:
             return
-        self._seen.add(doc.key)
         known = self._known.get(doc.key)
-        digest = doc.content_hash
-        if known and known[1] == digest:
-            self.summary.unchanged += 1
-            if self.on_progress:
-                self.on_progress("unchanged", 1)
-            return
         try:
             chunks = self.chunker.chunk(doc.text, markdown=doc.has_headings, breaks=doc.page_starts)
         except Exception as exc:  # a chunker bug on one document must not end the run
             log.exception("chunking failed for %s", doc.key)
             self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")
             return
-        self._pending.append(_Pending(doc, chunks, known[0] if known else None))
-        self._pending_chunks += len(chunks)
-        if len(self._pending) >= self.batch_docs or self._pending_chunks >= self.batch_chunks:
-            self.flush()
+        self._queue(_Pending(doc, chunks, known[0] if known else None))
 
     def delete(self, keys: Iterable[str]) -> int:
         """Delete documents by key (their chunks leave SQLite, FTS5 and the ANN index); returns how many existed."""
@@ -375,18 +396,22 @@ class IndexBuilder:
         self._commit(pending)
 
     def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
-        if pending and self.embedder is None and self.dim:
-            raise MitsukeError(f"index {self.path} was opened without its model (load_model=False): "
-                               "it can delete and compact, not add documents")
-        texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
-                 for p in pending for c in p.chunks]
-        vecs = None
-        if self.vectors is not None and self.embedder is None and texts:
-            raise MitsukeError(f"index {self.path} was opened without its model (repair): it cannot add documents")
-        if self.embedder is not None and texts:
-            _record_embedding(pending)
-            vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
-        terms = [" ".join(passage_terms(c.text, p.doc.title, c.headings)) for p in pending for c in p.chunks]
+        if pending and isinstance(pending[0].doc, PreparedDocument):
+            vecs, terms = self._prepared_parts(pending)  # embedded elsewhere (mitsuke.indexer.distributed)
+        else:
+            if pending and self.embedder is None and self.dim:
+                raise MitsukeError(f"index {self.path} was opened without its model (load_model=False): "
+                                   "it can delete and compact, not add documents")
+            texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
+                     for p in pending for c in p.chunks]
+            vecs = None
+            if self.vectors is not None and self.embedder is None and texts:
+                raise MitsukeError(f"index {self.path} was opened without its model (repair): "
+                                   "it cannot add documents")
+            if self.embedder is not None and texts:
+                record_embedding((p.doc.key, p.doc.content_hash) for p in pending)
+                vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
+            terms = [t for p in pending for t in chunk_terms(p.chunks, p.doc.title)]
         generation = self.generation + 1
         self._lock.ensure_valid()
         changed: dict[int, Block] = {}
@@ -409,8 +434,8 @@ class IndexBuilder:
                 doc_id = self.store.insert_document(conn, {
                     "key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
                     "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
-                    "n_chars": len(doc.text), "generation": generation,
-                    "page_starts": list(doc.page_starts) or None,
+                    "n_chars": doc.n_chars if isinstance(doc, PreparedDocument) else len(doc.text),
+                    "generation": generation, "page_starts": list(doc.page_starts) or None,
                 })
                 doc_ids[doc.key] = doc_id
                 for c in p.chunks:
@@ -441,6 +466,21 @@ class IndexBuilder:
             self.on_progress("documents", len(pending))
         if self.vectors is not None:
             self._update_ann(np.array([r["id"] for r in chunk_rows], dtype=np.int64), vecs, removed)
+
+    def _prepared_parts(self, pending: list[_Pending]) -> tuple[np.ndarray | None, list[str]]:
+        """Vectors (float32 of the float16 that travelled) and term strings of prepared documents."""
+        terms = [t for p in pending for t in p.doc.terms]
+        if self.vectors is None or not any(p.chunks for p in pending):
+            return None, terms
+        parts = []
+        for p in pending:
+            v = p.doc.vectors
+            if v is None or v.shape != (len(p.chunks), self.dim):
+                raise MitsukeError(f"document {p.doc.key!r} came back with vectors of shape "
+                                   f"{None if v is None else v.shape}, expected ({len(p.chunks)}, {self.dim}): "
+                                   "were the workers given this index's model?")
+            parts.append(v)
+        return np.concatenate(parts).astype(np.float32), terms
 
     def _embed_chunks(self, chunk_ids) -> np.ndarray | None:
         """Vectors of stored chunks, embedded again from their stored text (lost vectors)."""
@@ -611,15 +651,16 @@ def _remove_temp_files(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _record_embedding(pending: list[_Pending]) -> None:
+def record_embedding(docs: Iterable[tuple[str, str]]) -> None:
     """Test hook: ``MITSUKE_TEST_EMBED_LOG=FILE`` appends ``key<TAB>hash`` per document about to be embedded.
 
-    The crash tests use it to prove that no committed document is embedded again.
+    The crash tests use it to prove that no committed document is embedded again
+    (the Ray workers call it too, before they embed).
     """
     target = os.environ.get("MITSUKE_TEST_EMBED_LOG")
     if not target:
         return
     with open(target, "a", encoding="utf-8") as fh:
-        fh.writelines(f"{p.doc.key}\t{p.doc.content_hash}\n" for p in pending)
+        fh.writelines(f"{key}\t{digest}\n" for key, digest in docs)
         fh.flush()
         os.fsync(fh.fileno())

@@ -17,6 +17,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +36,9 @@ __all__ = [
     "html_to_text",
     "iter_documents",
     "documents_from_jsonl",
+    "FileInput",
+    "list_inputs",
+    "load_input",
     "FormatOptions",
 ]
 
@@ -280,6 +284,14 @@ def _excluded_dir(rel: str, exclude: tuple[str, ...]) -> bool:
     return bool(exclude) and (_matches(rel, exclude) or _matches(rel + "/", exclude))
 
 
+@dataclass(frozen=True)
+class FileInput:
+    """A file to read, and the key its document(s) get: one unit of loading work."""
+
+    path: str
+    key: str
+
+
 def iter_documents(
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -309,6 +321,34 @@ def iter_documents(
     """
     if encoding:
         encoding = normal_encoding_name(encoding)
+    for item in list_inputs(paths, include=include, exclude=exclude, encoding=encoding, stdin=stdin,
+                            ignored=ignored):
+        if isinstance(item, FileInput):
+            yield from load_input(item, encoding, formats)
+        else:
+            yield item
+
+
+def list_inputs(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    encoding: str | None = None,
+    stdin: BinaryIO | None = None,
+    ignored: Counter[str] | None = None,
+) -> Iterator[FileInput | Document | LoadFailure]:
+    """The inputs under ``paths`` without reading files: what :func:`iter_documents` loads, in its order.
+
+    Files come as :class:`FileInput` (read them with :func:`load_input`, in
+    this process or on another machine); standard input is read here, since
+    only this process can read it.
+
+    >>> [i.key for i in list_inputs(["data"], include=("豊岡*",))]
+    ['豊岡市.md']
+    """
+    if encoding:
+        encoding = normal_encoding_name(encoding)
     for raw in paths:
         if str(raw) == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
@@ -319,16 +359,21 @@ def iter_documents(
             yield LoadFailure(str(path), "no such file or directory")
             continue
         if path.is_dir():
-            yield from _iter_directory(path, include, exclude, encoding, formats, ignored)
+            yield from _iter_directory(path, include, exclude, ignored)
         elif path.is_file():
-            yield from _load_file(path, path.name, encoding, formats)
+            yield FileInput(str(path), path.name)
         else:
             yield LoadFailure(str(path), "not a regular file (broken symlink, symlink loop, FIFO or device)")
 
 
+def load_input(item: FileInput, encoding: str | None = None,
+               formats: FormatOptions | None = None) -> Iterator[Document | LoadFailure]:
+    """The document(s) of one listed file (several for JSONL and CSV); problems become ``LoadFailure``."""
+    return _load_file(Path(item.path), item.key, normal_encoding_name(encoding) if encoding else None, formats)
+
+
 def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-                    encoding: str | None, formats: FormatOptions | None = None,
-                    ignored: Counter[str] | None = None) -> Iterator[Document | LoadFailure]:
+                    ignored: Counter[str] | None = None) -> Iterator[FileInput | LoadFailure]:
     for file, problem in _walk(root):
         rel = file.relative_to(root).as_posix()
         if exclude and (_matches(rel, exclude) or any(_excluded_dir(d, exclude) for d in _parents(rel))):
@@ -345,7 +390,7 @@ def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ..
         if problem is not None:
             yield LoadFailure(str(file), problem)
         else:
-            yield from _load_file(file, rel, encoding, formats)
+            yield FileInput(str(file), rel)
 
 
 def _parents(rel: str) -> Iterator[str]:

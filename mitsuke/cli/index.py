@@ -58,11 +58,16 @@ __all__ = ["index", "chunk"]
               envvar="MITSUKE_PROGRESS_INTERVAL", metavar="SECONDS",
               help="When stderr is not a terminal: a progress line with ETA every SECONDS "
                    "(env: MITSUKE_PROGRESS_INTERVAL).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Index on Ray (pip install 'mitsuke[ray]'): alone, a local cluster on 127.0.0.1 using all GPUs "
+                   "or CPUs; with host:port, join that cluster. Put it after the paths, or write --ray=ADDRESS.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: embedding actors (default: one per GPU, else one CPU actor).")
 @format_options
 @json_option
 def index(paths, index_dir, model, prune, force, dry_run, include, exclude, encoding, max_tokens, max_chars,
           overlap, ann, nlist, pq_bits, recall_target, batch_docs, compact_min_rows, device, dtype, trust_remote_code,
-          quiet, progress_interval, as_json, csv_mode, csv_column, pdf_max_pages):
+          quiet, progress_interval, ray_address, actors, as_json, csv_mode, csv_column, pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -78,6 +83,8 @@ def index(paths, index_dir, model, prune, force, dry_run, include, exclude, enco
       mitsuke index docs/ notes.md --index idx --model ./sarashina --dtype bfloat16
       mitsuke index docs/ --index idx --prune --dry-run      # what would change
       cat dump.jsonl | mitsuke index - --index idx --model none --json
+      mitsuke index corpus/ --index idx --model ./sarashina --ray          # every GPU of this machine
+      mitsuke index corpus/ --index idx --ray=10.0.0.5:6379 --actors 16    # join a Ray cluster
     """
     from mitsuke.cli.indexrun import run_index
     from mitsuke.indexer.config import AnnConfig, ChunkConfig, EmbedConfig
@@ -92,16 +99,22 @@ def index(paths, index_dir, model, prune, force, dry_run, include, exclude, enco
             raise click.UsageError(str(exc)) from None
     if force and not prune:
         raise click.UsageError("--force only applies to --prune")
+    if actors is not None and ray_address is None:
+        raise click.UsageError("--actors sets the size of the Ray actor pool: add --ray")
     formats = format_config(csv_mode, csv_column, pdf_max_pages)
     ann_config = (AnnConfig(kind=ann or "auto", nlist=nlist, nbits=int(pq_bits) if pq_bits else None)
                   if ann or nlist or pq_bits else None)
     run_index(
         paths, index_dir, model, prune=prune, force=force, dry_run=dry_run, include=include, exclude=exclude,
         encoding=encoding, formats=formats, chunking=chunking, ann=ann_config,
-        embed=EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code),
+        # With --ray the driver only describes the model: its copy stays on the CPU, off the GPUs.
+        embed=EmbedConfig(device="cpu" if ray_address else device, dtype="float32" if ray_address else dtype,
+                          trust_remote_code=trust_remote_code),
         builder_options={"batch_docs": batch_docs, "compact_min_rows": compact_min_rows,
                          "recall_target": recall_target},
-        quiet=quiet, progress_interval=progress_interval, as_json=as_json)
+        quiet=quiet, progress_interval=progress_interval, as_json=as_json,
+        ray={"address": None if ray_address == "local" else ray_address, "actors": actors, "device": device,
+             "dtype": dtype, "trust_remote_code": trust_remote_code} if ray_address else None)
 
 
 @click.command(context_settings=CONTEXT)

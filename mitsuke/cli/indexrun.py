@@ -38,7 +38,7 @@ def _refuse_prune(reason: str) -> None:
 def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prune: bool, force: bool,
               dry_run: bool, include: tuple[str, ...], exclude: tuple[str, ...], encoding: str | None,
               formats: Any, chunking: Any, ann: Any, embed: Any, builder_options: dict[str, Any], quiet: bool,
-              progress_interval: float, as_json: bool) -> None:
+              progress_interval: float, as_json: bool, ray: dict[str, Any] | None = None) -> None:
     from mitsuke.cli.progress import Progress, format_duration, guess_tokens_per_second
     from mitsuke.indexer.builder import IndexBuilder
     from mitsuke.indexer.documents import Document
@@ -93,7 +93,13 @@ def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prun
                                 interval=progress_interval)
             builder.on_progress = progress
         try:
-            builder.add_documents(documents(count_ignored=plan is None))
+            if ray is not None:  # mitsuke index --ray: mitsuke.indexer.distributed loads, chunks and embeds
+                from mitsuke.indexer.distributed import index_with_ray
+
+                index_with_ray(builder, paths, include=include, exclude=exclude, encoding=encoding, formats=formats,
+                               **ray)
+            else:
+                builder.add_documents(documents(count_ignored=plan is None))
             if plan is None:
                 report_ignored(ignored, include)
             if prune:

@@ -70,6 +70,8 @@ class Progress:
 
     # ------------------------------------------------------------------ events
     def __call__(self, kind: str, n: int) -> None:
+        if kind in ("total", "inputs"):  # a Ray run's input counts; documents and tokens carry the progress
+            return
         if kind == "tokens":
             self.tokens += n
             if self._bar is not None and self.tokens_total:
