@@ -90,7 +90,8 @@ def prepare_batch(batch: dict[str, np.ndarray], *, known: list, model_source: st
     for seq, raw in zip(batch["seq"], batch["item"]):
         seq = int(seq)
         item, shown = pickle.loads(raw)
-        docs = _as_given(load_input(item, encoding, formats), item.path, shown) if isinstance(item, FileInput) else [item]
+        docs = ([item] if not isinstance(item, FileInput)
+                else _as_given(load_input(item, encoding, formats), item.path, shown))
         n_before = len(out["seq"])
         for doc in docs:
             if isinstance(doc, LoadFailure):
