@@ -28,77 +28,35 @@ the rename is finished.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex
-from mitsuke.indexer.chunking import Chunk, Chunker
-from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
+from mitsuke.indexer.chunking import Chunker
+from mitsuke.indexer.config import AnnConfig, ChunkConfig, EmbedConfig
 from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
-from mitsuke.indexer.errors import IndexFormatError, MitsukeError
-from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
-from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
+from mitsuke.indexer.errors import IndexFormatError
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
-from mitsuke.indexer.loaders import iter_documents
+from mitsuke.indexer.location import is_url
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
+from mitsuke.indexer.writer import IndexSummary, IndexWriter, _Pending, embedding_input, settle_open
 
 if TYPE_CHECKING:
     from mitsuke.indexer.embedding import Embedder
 
-__all__ = ["IndexBuilder", "IndexSummary", "embedding_input"]
+__all__ = ["IndexBuilder", "IndexSummary", "embedding_input", "settle_open"]
 
 log = logging.getLogger("mitsuke")
 
 
-@dataclass
-class IndexSummary:
-    """What one indexing run did (``mitsuke index --json`` prints it)."""
-
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
-    chunks_embedded: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-            "deleted": self.deleted, "failed": list(self.failed),
-            "chunks_embedded": self.chunks_embedded, "seconds": round(self.seconds, 3),
-        }
-
-
-def embedding_input(chunk_text: str, title: str, headings: tuple[str, ...], with_context: bool) -> str:
-    """What the model sees for a passage: title and heading path as context, then the passage."""
-    if not with_context:
-        return chunk_text
-    context = [h for h in (title, *headings) if h]
-    # A heading repeated as the passage's own first line is not worth two copies.
-    if context and headings and context[-1] == headings[-1] and chunk_text.lstrip("# ").startswith(headings[-1]):
-        context = context[:-1]
-    if context and context[0] == title and len(context) > 1 and context[1] == title:
-        context = context[1:]
-    return (" / ".join(context) + "\n" + chunk_text) if context else chunk_text
-
-
-@dataclass
-class _Pending:
-    doc: Document
-    chunks: list[Chunk]
-    old_doc_id: int | None
-
-
-class IndexBuilder:
+class IndexBuilder(IndexWriter):
     """Build or update an index directory. Use as a context manager: it commits on exit.
 
     >>> with IndexBuilder.open("idx", model="none") as b:          # doctest: +SKIP
@@ -168,6 +126,11 @@ class IndexBuilder:
         index, or ``None`` to use the index's own model (the default model for a
         new index). An existing index refuses another model.
         """
+        if is_url(path):  # a PostgreSQL index: many writers, no directory lock
+            from mitsuke.indexer.pg_builder import PgIndexBuilder
+
+            return PgIndexBuilder.open_url(path, model, chunking=chunking, ann=ann, embed=embed, embedder=embedder,
+                                           **kwargs)
         path = Path(path)
         paths = IndexPaths(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -177,46 +140,12 @@ class IndexBuilder:
             manifest = Manifest.read(path)
             if manifest is None and paths.meta.exists():
                 raise IndexFormatError(f"{path} has {META_FILE} but no {MANIFEST_FILE}: not a complete mitsuke index")
-            embed = embed or EmbedConfig()
-            wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
-            if embedder is not None and model is None:
-                wanted = embedder.info.name  # a ready embedder names its own model
-            lexical_only = str(wanted).lower() == "none"
-            if manifest is not None:
-                manifest.check_model(path, model=model, embedder=embedder, writing=True)
-                if manifest.lexical_analysis_differs:
-                    raise IndexFormatError(
-                        f"index {path} holds lexical terms of analysis v{manifest.lexical_analysis}, this mitsuke "
-                        f"writes v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new "
-                        "directory"
-                    )
-                if chunking is not None and manifest.chunking != chunking:
-                    raise IndexFormatError(
-                        f"index {path} was built with chunking {asdict(manifest.chunking)}; "
-                        "changing it needs a new index"
-                    )
-            if embedder is None and not lexical_only:
-                from mitsuke.indexer.embedding import Embedder
-
-                recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
-                embedder = Embedder.from_pretrained(
-                    recorded.source() if recorded else wanted, device=embed.device, dtype=embed.dtype,
-                    max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
-                    batch_tokens=embed.batch_tokens, revision=recorded.revision if recorded else None)
-                if manifest is not None:
-                    manifest.check_dim(embedder)
-            if manifest is None:
-                try:  # a bad budget/overlap pair must fail before the manifest is written
-                    Chunker(chunking or ChunkConfig(), embedder.count_tokens if embedder else None)
-                except ValueError as exc:
-                    raise MitsukeError(f"chunking settings: {exc}") from None
-                manifest = Manifest.new(embedder.info if embedder else None, chunking or ChunkConfig(),
-                                        ann or AnnConfig())
+            manifest, embedder, new = settle_open(path, manifest, model, chunking=chunking, ann=ann, embed=embed,
+                                                  embedder=embedder)
+            if new:
                 # Written before meta.sqlite exists: a kill during the first
                 # run must leave an index that opens (invariant 6).
                 manifest = manifest.write(path)
-            elif ann is not None:
-                manifest = replace(manifest, ann_config=ann)
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
@@ -233,12 +162,6 @@ class IndexBuilder:
             self._save_ann()
 
     # ------------------------------------------------------------------ context manager
-    def __enter__(self) -> "IndexBuilder":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(commit=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
-
     def close(self, commit: bool = True) -> None:
         if self._closed:
             return
@@ -259,58 +182,6 @@ class IndexBuilder:
             self.store.close()
             self._lock.release()
 
-    # ------------------------------------------------------------------ adding
-    def add_paths(self, paths: Iterable[str], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                  encoding: str | None = None, stdin=None) -> IndexSummary:
-        """Index files, directories (recursive) and ``-`` (JSONL on stdin)."""
-        return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
-                                                 stdin=stdin))
-
-    def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
-        """Add or update documents; unchanged ones (same key and content hash) are skipped.
-
-        A mapping becomes a ``Document`` by the JSONL rule (``document_from_mapping``);
-        one without an id is keyed ``<documents>#<position>`` (1-based, in this call).
-        """
-        for n, item in enumerate(docs, 1):
-            if isinstance(item, Mapping):
-                item = document_from_mapping(item, where=f"<documents>#{n}", fallback_key=f"<documents>#{n}")
-            if isinstance(item, LoadFailure):
-                self._fail(item.path, item.reason)
-                continue
-            self._add_one(item)
-        self.flush()
-        return self.summary
-
-    def _fail(self, path: str, reason: str) -> None:
-        log.warning("skipped %s: %s", path, reason)
-        self.summary.failed.append({"path": path, "reason": reason})
-        if self.on_progress:
-            self.on_progress("failed", 1)
-
-    def _add_one(self, doc: Document) -> None:
-        if doc.key in self._seen:
-            self._fail(doc.source or doc.key, f"duplicate document key {doc.key!r} in this run; kept the first")
-            return
-        self._seen.add(doc.key)
-        known = self._known.get(doc.key)
-        digest = doc.content_hash
-        if known and known[1] == digest:
-            self.summary.unchanged += 1
-            if self.on_progress:
-                self.on_progress("unchanged", 1)
-            return
-        try:
-            chunks = self.chunker.chunk(doc.text, markdown=doc.source_type == "markdown")
-        except Exception as exc:  # a chunker bug on one document must not end the run
-            log.exception("chunking failed for %s", doc.key)
-            self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")
-            return
-        self._pending.append(_Pending(doc, chunks, known[0] if known else None))
-        self._pending_chunks += len(chunks)
-        if len(self._pending) >= self.batch_docs or self._pending_chunks >= self.batch_chunks:
-            self.flush()
-
     def delete(self, keys: Iterable[str]) -> int:
         """Delete documents by key (their chunks leave SQLite, FTS5 and the ANN index); returns how many existed."""
         self.flush()
@@ -326,27 +197,8 @@ class IndexBuilder:
             total += len(part)
         return total
 
-    def prune(self) -> int:
-        """Delete every document not seen in this run (the index mirrors the inputs)."""
-        self.flush()
-        gone = [k for k in self._known if k not in self._seen]
-        return self.delete(gone)
-
-    # ------------------------------------------------------------------ committing
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending, self._pending_chunks = self._pending, [], 0
-        self._commit(pending)
-
     def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
-        texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
-                 for p in pending for c in p.chunks]
-        vecs = None
-        if self.embedder is not None and texts:
-            _record_embedding(pending)
-            vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
-        terms = [" ".join(passage_terms(c.text, p.doc.title, c.headings)) for p in pending for c in p.chunks]
+        vecs, terms = self._embed_batch(pending)
         generation = self.generation + 1
         with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
@@ -393,10 +245,6 @@ class IndexBuilder:
             self.on_progress("documents", len(pending))
         if self.vectors is not None:
             self._update_ann(np.array([r["id"] for r in chunk_rows], dtype=np.int64), vecs, removed)
-
-    def _token_progress(self, n_tokens: int) -> None:
-        if self.on_progress:
-            self.on_progress("tokens", n_tokens)
 
     # ------------------------------------------------------------------ ANN upkeep
     def _update_ann(self, ids: np.ndarray, vecs: np.ndarray | None, removed: list[int]) -> None:
@@ -487,22 +335,10 @@ class IndexBuilder:
         self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
 
 
+
 def _remove_temp_files(path: Path) -> None:
     """Temp files of an atomic replace that a killed writer never renamed."""
     for tmp in leftover_temp_files(path):
         log.info("removing %s left by an interrupted write", tmp.name)
         tmp.unlink(missing_ok=True)
 
-
-def _record_embedding(pending: list[_Pending]) -> None:
-    """Test hook: ``MITSUKE_TEST_EMBED_LOG=FILE`` appends ``key<TAB>hash`` per document about to be embedded.
-
-    The crash tests use it to prove that no committed document is embedded again.
-    """
-    target = os.environ.get("MITSUKE_TEST_EMBED_LOG")
-    if not target:
-        return
-    with open(target, "a", encoding="utf-8") as fh:
-        fh.writelines(f"{p.doc.key}\t{p.doc.content_hash}\n" for p in pending)
-        fh.flush()
-        os.fsync(fh.fileno())

@@ -13,6 +13,7 @@ import numpy as np
 from mitsuke.indexer.ann import AnnIndex
 from mitsuke.indexer.errors import IndexFormatError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
+from mitsuke.indexer.location import is_url
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
 from mitsuke.indexer.store import ChunkRow, MetadataStore, Snapshot
@@ -26,6 +27,7 @@ from mitsuke.search.results import Passage
 
 if TYPE_CHECKING:
     from mitsuke.indexer.embedding import Embedder
+    from mitsuke.search.remote import CacheFeed
 
 __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 
@@ -95,6 +97,7 @@ class Searcher:
         self._ann: AnnIndex | None = None
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
+        self._feed: CacheFeed | None = None  # a PostgreSQL index's cache upkeep (search.remote)
         if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
                         "lexical matches may be missed until the index is rebuilt",
@@ -103,12 +106,32 @@ class Searcher:
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
              embedder: Embedder | None = None, dtype: str = "auto", fusion: str = "rrf",
-             weights: Sequence[float] | None = None) -> "Searcher":
+             weights: Sequence[float] | None = None, cache: str | Path | None = None,
+             refresh_seconds: float | None = None) -> "Searcher":
         """Open an index for reading. ``model`` may only restate the index's own model.
 
         ``fusion`` and ``weights`` (dense, lexical) are the hybrid defaults for
         every search of this Searcher; each call may override them.
+
+        ``path`` may be a PostgreSQL URL (``indexer.location``): the Searcher
+        then works on a local cache (``cache``, default under the user's cache
+        directory) caught up from the database at most every
+        ``refresh_seconds`` (default 1) before a search (``search.remote``).
         """
+        if is_url(path):
+            from mitsuke.search.remote import REFRESH_SECONDS, CacheFeed
+
+            feed = CacheFeed(path, cache, REFRESH_SECONDS if refresh_seconds is None else refresh_seconds)
+            try:
+                manifest = feed.manifest()
+                manifest.check_model(feed.location.display, model=model, embedder=embedder, writing=False)
+                searcher = cls(feed.cache_dir, manifest, device=device, embedder=embedder, dtype=dtype,
+                               fusion=fusion, weights=weights)
+            except BaseException:
+                feed.close()
+                raise
+            searcher._feed = feed
+            return searcher
         path = Path(path)
         manifest = Manifest.read(path)
         if manifest is None or not IndexPaths(path).meta.exists():
@@ -121,6 +144,15 @@ class Searcher:
         self.store.close()
         if self.vectors is not None:
             self.vectors.close()
+        if self._feed is not None:
+            self._feed.close()
+
+    def refresh(self) -> int:
+        """Catch a PostgreSQL index's local cache up now; returns the generation searches will see."""
+        if self._feed is not None:
+            return self._feed.refresh()
+        with self.store.snapshot() as snap:
+            return snap.generation
 
     def __enter__(self) -> "Searcher":
         return self
@@ -202,6 +234,8 @@ class Searcher:
                      fusion: str | None = None, weights: Sequence[float] | None = None) -> list[list[Passage]]:
         """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
         queries = self._check_queries(queries)
+        if self._feed is not None:
+            self._feed.refresh(force=False)
         req = self._request(k, mode, rerank, candidates, nprobe, fusion, weights, where)
         if not queries:
             return []
@@ -329,6 +363,8 @@ class Searcher:
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:
+        if self._feed is not None:
+            self._feed.refresh(force=False)
         with self.store.snapshot() as snap:
             counts = snap.counts()
             generation = snap.generation
@@ -344,6 +380,7 @@ class Searcher:
             "generation": generation,
             "chunking": asdict(manifest.chunking),
             "files": self.paths.sizes(),
+            **(self._feed.describe() if self._feed is not None else {}),
         }
 
     # ------------------------------------------------------------------ RAG
