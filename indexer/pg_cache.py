@@ -189,22 +189,21 @@ def _apply(store: PostgresStore, local: SqliteStore, vectors: VectorStore | None
     return head
 
 
-def _shared_trained(store: PostgresStore, local: SqliteStore, vectors: VectorStore, params: AnnParams
+def _shared_trained(store: PostgresStore, local: SqliteStore, conn: Any, vectors: VectorStore, params: AnnParams
                     ) -> tuple[AnnParams, AnnIndex]:
     """The index's one trained IVF-PQ for ``params``: from PostgreSQL, or trained here and stored first-wins."""
     faiss = _faiss()
     key = f"ivfpq:{params.dim}:{params.nlist}:{params.m}:{params.nbits}"
-    with store.begin() as conn:
-        found = store.trained_ann(conn, key)
+    with store.begin() as pg:
+        found = store.trained_ann(pg, key)
     if found is None:
-        with local.begin() as conn:
-            rows = np.array([r for _, r in local.live_vectors(conn, by_row=True)], dtype=np.int64)
+        rows = np.array([r for _, r in local.live_vectors(conn, by_row=True)], dtype=np.int64)
         ann = AnnIndex.create(params)
         log.info("training IVF-PQ (%d cells) once for the index; other nodes reuse it", params.nlist)
         ann.train(vectors.read(training_sample(rows, max(params.train_size, 1))))
         blob = faiss.serialize_index(ann.index).tobytes()
-        with store.begin() as conn:
-            found = store.store_trained_ann(conn, key, params.to_dict(), blob)
+        with store.begin() as pg:
+            found = store.store_trained_ann(pg, key, params.to_dict(), blob)
     stored = AnnParams.from_dict(found[0])
     index = faiss.deserialize_index(np.frombuffer(found[1], dtype=np.uint8))
     index.nprobe = stored.nprobe
@@ -223,7 +222,7 @@ def _ann_upkeep(store: PostgresStore, local: SqliteStore, vectors: VectorStore, 
         if current is None or current.kind != wanted.kind or grew or not paths.ann.exists():
             trained = None
             if wanted.kind == "ivfpq":
-                wanted, trained = _shared_trained(store, local, vectors, wanted)
+                wanted, trained = _shared_trained(store, local, conn, vectors, wanted)
             ann = rebuild_ann(local, conn, vectors, wanted, trained=trained)
         else:
             newer = sum(1 for _ in local.live_vectors(conn, min_generation=manifest.ann.generation))

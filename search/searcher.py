@@ -162,6 +162,11 @@ class Searcher:
 
     # ------------------------------------------------------------------ parts
     @property
+    def index_name(self) -> str:
+        """The index as users name it: its absolute directory, or its URL (password hidden)."""
+        return self._feed.location.display if self._feed is not None else str(Path(self.path).resolve())
+
+    @property
     def has_dense(self) -> bool:
         return self.model_name is not None
 

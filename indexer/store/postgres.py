@@ -41,7 +41,7 @@ from mitsuke.indexer.errors import MitsukeError
 from mitsuke.indexer.store.base import Snapshot, SqlStore
 from mitsuke.indexer.store.schema import Filter, batches
 
-__all__ = ["PostgresStore", "PgCommit", "StoreConnectionError"]
+__all__ = ["PostgresStore", "PgCommit", "DatabaseError"]
 
 _EXTRA_TABLES = [
     "CREATE TABLE IF NOT EXISTS chunk_payload (chunk_id BIGINT PRIMARY KEY REFERENCES chunks(id) "
@@ -60,8 +60,8 @@ _CHUNK_COLS = ("id", "doc_id", "chunk_index", "char_start", "char_end", "text", 
                "generation")
 
 
-class StoreConnectionError(MitsukeError):
-    """The PostgreSQL server could not be reached or refused the login (message without the password)."""
+class DatabaseError(MitsukeError):
+    """PostgreSQL refused or failed a request (unreachable, login, rights); the message hides the password."""
 
 
 class PgCommit:
@@ -95,7 +95,7 @@ class PostgresStore(SqlStore):
                     conn.exec_driver_sql("SELECT 1")
         except DBAPIError as exc:
             engine.dispose()
-            raise StoreConnectionError(self._explain(exc)) from None
+            raise DatabaseError(self._explain(exc)) from None
 
     def _explain(self, exc: DBAPIError) -> str:
         """One line naming the index (password hidden) and the server's reason."""
@@ -112,16 +112,17 @@ class PostgresStore(SqlStore):
             with self.engine.begin() as conn:
                 yield conn
         except DBAPIError as exc:
-            if exc.connection_invalidated or "connection" in type(exc.orig).__name__.lower():
-                raise StoreConnectionError(self._explain(exc)) from None
-            raise
+            raise DatabaseError(self._explain(exc)) from None
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         """REPEATABLE READ: every read of the block sees the same commits."""
-        with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-            with conn.begin():
-                yield Snapshot(self, conn)
+        try:
+            with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                with conn.begin():
+                    yield Snapshot(self, conn)
+        except DBAPIError as exc:
+            raise DatabaseError(self._explain(exc)) from None
 
     # ------------------------------------------------------------------ schema
     def _prepare(self) -> None:
@@ -130,6 +131,11 @@ class PostgresStore(SqlStore):
             exists = conn.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": self.schema}).scalar()
             if not exists:  # a least-privilege role uses a schema made for it and never gets here
                 conn.exec_driver_sql(f'CREATE SCHEMA "{self.schema}"')
+            elif not conn.execute(text("SELECT has_schema_privilege(:s, 'USAGE') AND "
+                                       "has_schema_privilege(:s, 'CREATE')"), {"s": self.schema}).scalar():
+                raise DatabaseError(f"PostgreSQL index {self.location.display}: permission denied for schema "
+                                    f"{self.schema} (this role needs USAGE and CREATE on it; see README "
+                                    "'Scaling out' for a role of its own)")
 
     def _migrate(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
@@ -166,6 +172,8 @@ class PostgresStore(SqlStore):
 
     # ------------------------------------------------------------------ manifest and training
     def read_manifest(self, conn: Connection) -> dict[str, Any] | None:
+        if conn.execute(text("SELECT to_regclass('index_manifest')")).scalar() is None:
+            return None  # a schema without the tables (or one this role cannot see): no index here
         body = conn.execute(text("SELECT body FROM index_manifest WHERE id = 1")).scalar()
         return None if body is None else json.loads(body)
 

@@ -5,15 +5,16 @@ import json
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.cli.options import CONTEXT, cache_option, index_option, json_option
 
 __all__ = ["info"]
 
 
 @click.command(context_settings=CONTEXT)
 @index_option
+@cache_option
 @json_option
-def info(index_dir, as_json):
+def info(index_dir, cache_dir, as_json):
     """Describe an index: counts, model, ANN parameters, generation, file sizes.
 
     \b
@@ -22,7 +23,7 @@ def info(index_dir, as_json):
     """
     from mitsuke.search.searcher import Searcher
 
-    with Searcher.open(index_dir) as s:
+    with Searcher.open(index_dir, cache=cache_dir) as s:
         data = s.info()
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=1))
@@ -37,6 +38,8 @@ def info(index_dir, as_json):
         params = ", ".join(f"{k} {v}" for k, v in ann.items() if k not in ("dim", "metric") and v)
         click.echo(f"ann         {params}")
     click.echo(f"generation  {data['generation']}")
+    if data.get("cache"):
+        click.echo(f"cache       {data['cache']}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<18}{size:>12,} bytes")
 

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option, mode_option
+from mitsuke.cli.options import CONTEXT, cache_option, index_option, json_option, mode_option
 
 __all__ = ["search"]
 
@@ -14,6 +14,7 @@ __all__ = ["search"]
 @click.command(context_settings=CONTEXT)
 @click.argument("query")
 @index_option
+@cache_option
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of passages.")
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order (skip exact cosine over stored vectors).")
@@ -28,7 +29,7 @@ __all__ = ["search"]
               help="Hybrid leg weights, e.g. 0.3,1 to trust BM25 more than a weak model (default 1,1).")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device, as_json):
+def search(query, index_dir, cache_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device, as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
     Each result shows its rank, score, title, document key and character range,
@@ -52,7 +53,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
             w = [float(x) for x in weights.split(",")]
         except ValueError:
             raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
-    with Searcher.open(index_dir, device=device) as s:
+    with Searcher.open(index_dir, device=device, cache=cache_dir) as s:
         hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=parse_where(list(where)) or None,
                         candidates=candidates, nprobe=nprobe, fusion=fusion, weights=w)
     if as_json:
