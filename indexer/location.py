@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mitsuke.indexer.errors import MitsukeError
 
@@ -43,13 +44,15 @@ def is_url(value: str | os.PathLike[str]) -> bool:
 class PgLocation:
     """A PostgreSQL index: the server URL (without ``schema``), the schema, and a printable form."""
 
-    url: object  # sqlalchemy.engine.URL (kept untyped so this module imports without SQLAlchemy)
+    url: Any  # a sqlalchemy.engine.URL (made by indexer.store.url: SQLAlchemy stays in the store)
     schema: str
 
     @property
     def display(self) -> str:
         """The URL with the password replaced by ``***``: the only form that is printed or logged."""
-        return self.url.update_query_dict({"schema": self.schema}).render_as_string(hide_password=True)
+        from mitsuke.indexer.store.url import render_url
+
+        return render_url(self.url, schema=self.schema)
 
     def __str__(self) -> str:
         return self.display
@@ -77,16 +80,12 @@ def parse_location(value: str | os.PathLike[str]) -> Path | PgLocation:
     if scheme.split("+", 1)[0] not in _SCHEMES:
         raise MitsukeError(f"unsupported index URL scheme {scheme!r}: use a directory or "
                            "postgresql+psycopg://USER@HOST:PORT/DB?schema=NAME")
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from mitsuke.indexer.store.url import parse_url, render_url
 
-    try:
-        url = make_url(str(value))
-    except ArgumentError:
+    url = parse_url(str(value))
+    if url is None:
         raise MitsukeError("the index URL cannot be parsed; expected "
-                           "postgresql+psycopg://USER@HOST:PORT/DB?schema=NAME") from None
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
+                           "postgresql+psycopg://USER@HOST:PORT/DB?schema=NAME")
     schema = url.query.get("schema", DEFAULT_SCHEMA)
     if isinstance(schema, tuple):
         schema = schema[-1]
@@ -94,7 +93,7 @@ def parse_location(value: str | os.PathLike[str]) -> Path | PgLocation:
         raise MitsukeError(f"index schema {schema!r} is not a plain lower-case SQL name "
                            "(letters, digits, underscore; up to 63): choose ?schema=another_name")
     if not url.database:
-        raise MitsukeError(f"index URL {url.render_as_string(hide_password=True)} names no database: "
+        raise MitsukeError(f"index URL {render_url(url)} names no database: "
                            "add /DBNAME after the host")
     return PgLocation(url.difference_update_query(["schema"]), schema)
 
