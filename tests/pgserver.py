@@ -68,8 +68,11 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_server() -> PgServer:
-    """initdb + start a cluster; raises RuntimeError with the reason when it cannot."""
+def start_server(durable: bool = False) -> PgServer:
+    """initdb + start a cluster; raises RuntimeError with the reason when it cannot.
+
+    ``durable=False`` (tests) turns fsync off; benchmarks keep PostgreSQL's durable defaults.
+    """
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL server binaries (initdb) not found; install them with "
@@ -97,8 +100,9 @@ def start_server() -> PgServer:
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {run.stderr.strip()[-500:]}")
     port = _free_port()
-    opts = (f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off "
-            f"-c full_page_writes=off -c max_connections=200")
+    opts = f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=200"
+    if not durable:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     run = subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
                           str(root / "server.log"), "-w", "start"], capture_output=True, text=True, env=env,
                          timeout=120)

@@ -294,11 +294,18 @@ def test_least_privilege_role_works_on_its_own_schema_only(pg_server, tmp_path):
     pg_server.sql(f"CREATE SCHEMA {own} AUTHORIZATION {role}")
     pg_server.sql(f"CREATE SCHEMA {other}")
     pg_server.sql("REVOKE CREATE ON DATABASE postgres FROM PUBLIC")
+    reader = role + "_ro"  # the README's read-only role for query nodes
+    pg_server.sql(f"CREATE ROLE {reader} LOGIN")
+    pg_server.sql(f"GRANT USAGE ON SCHEMA {own} TO {reader}")
+    pg_server.sql(f"ALTER DEFAULT PRIVILEGES FOR ROLE {role} IN SCHEMA {own} GRANT SELECT ON TABLES TO {reader}")
     url = pg_server.url(user=role, schema=own)
     with IndexBuilder.open(url, model="none") as b:
         b.add_documents(EVAL_DOCS)
-    with Searcher.open(url, cache=tmp_path / "c") as s:
-        assert [p.doc_key for p in s.search("徳川吉宗", mode="lexical")] == ["享保"]
+    for user in (role, reader):
+        with Searcher.open(pg_server.url(user=user, schema=own), cache=tmp_path / user) as s:
+            assert [p.doc_key for p in s.search("徳川吉宗", mode="lexical")] == ["享保"]
+    with pytest.raises(MitsukeError, match="permission denied"):
+        IndexBuilder.open(pg_server.url(user=reader, schema=own), model="none")
     for schema in (other, "not_created_" + uuid.uuid4().hex[:6]):
         with pytest.raises(Exception) as err:
             IndexBuilder.open(pg_server.url(user=role, schema=schema), model="none")
