@@ -217,6 +217,7 @@ class IndexBuilder(IndexWriter):
                     "key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
                     "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
                     "n_chars": len(doc.text), "generation": generation,
+                    "page_starts": list(doc.page_starts) or None,
                 })
                 doc_ids[doc.key] = doc_id
                 for c in p.chunks:

@@ -12,10 +12,13 @@ How a document becomes chunks:
    ``## 概要``) joins the section below it instead of becoming a tiny chunk.
 2. Each section is cut into sentences (``japanese.sentence_spans``), which
    keep 「…。」 and （…） whole.
-3. A sentence over the budget is split at MeCab morpheme boundaries,
+3. A sentence over the budget is split at MeCab morpheme boundaries of the
+   whole text (``indexer.morph_source``),
    preferring sentence ends inside quotes, then 、 and clause ends; a bracketed
    span that fits the budget is never split. Only a single morpheme longer
    than the budget makes an over-budget chunk.
+   With ``breaks`` (a paged document's page starts) sections are also cut at
+   each break, so no chunk spans two pages and every passage cites its page.
 4. Sentences (and pieces) are packed greedily up to the budget; with
    ``overlap`` the next chunk starts with trailing whole sentences of the
    previous one.
@@ -32,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mitsuke.indexer.config import ChunkConfig
-from mitsuke.indexer.japanese import CLOSE_BRACKETS, OPEN_BRACKETS, get_tagger, punctuation_pieces, sentence_spans
+from mitsuke.indexer.japanese import CLOSE_BRACKETS, OPEN_BRACKETS, sentence_spans
+from mitsuke.indexer.morph_source import DocumentMorphemes, MorphemeList
 
 __all__ = ["Chunk", "Chunker", "markdown_sections"]
 
@@ -139,6 +143,18 @@ def markdown_sections(text: str) -> list[tuple[int, int, tuple[str, ...]]]:
     return merged
 
 
+def _cut_sections(text: str, sections: list[tuple[int, int, tuple[str, ...]]],
+                  breaks: Sequence[int]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """``sections`` cut at every offset in ``breaks``; pieces with no text are dropped."""
+    out = []
+    for start, end, heads in sections:
+        for b in sorted(b for b in set(breaks) if start < b < end):
+            out.append((start, b, heads))
+            start = b
+        out.append((start, end, heads))
+    return [s for s in out if text[s[0]:s[1]].strip()]
+
+
 # --------------------------------------------------------------------------- chunker
 
 def _cut_pref(surface: str, word: Any) -> int:
@@ -190,9 +206,14 @@ class Chunker:
                              f"({self.budget} {unit})")
 
     # ------------------------------------------------------------------ public
-    def chunk(self, text: str, markdown: bool = False) -> list[Chunk]:
-        """Chunks of ``text`` in document order, each with exact offsets and its heading path."""
+    def chunk(self, text: str, markdown: bool = False, breaks: Sequence[int] = ()) -> list[Chunk]:
+        """Chunks of ``text`` in document order, each with exact offsets and its heading path.
+
+        ``breaks``: offsets no chunk may span (a PDF's page starts).
+        """
         sections = markdown_sections(text) if markdown else [(0, len(text), ())]
+        if breaks:
+            sections = _cut_sections(text, sections, breaks)
         spans_by_section = [sentence_spans(text, s, e) for s, e, _ in sections]
         if self.exact_chars:
             counts = [e - s for spans in spans_by_section for s, e in spans]
@@ -200,6 +221,7 @@ class Chunker:
             # One tokenizer call for every sentence of the document.
             counts = self.count([text[s:e] for spans in spans_by_section for s, e in spans])
         chunks: list[tuple[int, int, int, tuple[str, ...]]] = []
+        morphs: DocumentMorphemes | None = None
         pos = 0
         for (_s, _e, headings), spans in zip(sections, spans_by_section):
             units: list[tuple[int, int, int]] = []
@@ -209,7 +231,9 @@ class Chunker:
                 if n <= self.budget:
                     units.append((s, e, n))
                 else:
-                    units.extend(self._split_long(text, s, e, n))
+                    if morphs is None:  # the whole text's morphemes, read once as far as needed
+                        morphs = DocumentMorphemes(text, _cut_pref)
+                    units.extend(self._split_long(text, s, e, n, morphs))
             for s, e, n in self._pack(text, units):
                 chunks.append((s, e, n, headings))
         return [Chunk(i, s, e, text[s:e], n, h) for i, (s, e, n, h) in enumerate(chunks)]
@@ -270,11 +294,12 @@ class Chunker:
         return out
 
     # ------------------------------------------------------------------ long sentences
-    def _split_long(self, text: str, start: int, end: int, n_tokens: int) -> list[tuple[int, int, int]]:
-        """Split one over-budget sentence into pieces at morpheme boundaries.
+    def _split_long(self, text: str, start: int, end: int, n_tokens: int,
+                    morphs: DocumentMorphemes) -> list[tuple[int, int, int]]:
+        """Split one over-budget sentence into pieces at morpheme boundaries of the whole text.
 
-        Works through the sentence in windows, so MeCab's lattice and the
-        morpheme list stay small even for a 50 MB line without punctuation.
+        Works through the sentence in windows, so the morpheme list stays
+        small even for a 50 MB line without punctuation.
         """
         # Characters a piece may hold: exact without a model, else estimated from
         # the sentence's own characters per token and checked afterwards.
@@ -282,65 +307,61 @@ class Chunker:
             target = self.budget
         else:
             target = max(1, int(self.budget * (end - start) / max(n_tokens, 1) * 0.9))
-        return self._split_range(text, start, end, target, depth=0)
+        return self._split_range(text, start, end, target, 0, morphs)
 
-    def _split_range(self, text: str, start: int, end: int, target: int, depth: int) -> list[tuple[int, int, int]]:
+    def _split_range(self, text: str, start: int, end: int, target: int, depth: int,
+                     source: DocumentMorphemes | MorphemeList) -> list[tuple[int, int, int]]:
         window = max(4096, target * 8)
-        starts: list[int] = []
+        pieces: list[tuple[int, int, int]] = []
         pos = start
+        first = True
         while pos < end:
             wend = min(end, pos + window)
-            morphs = self._morphemes(text, pos, wend)
+            morphs = source.take(pos, wend)
             if not morphs:
-                starts.append(pos)
+                # One morpheme longer than the window: widen the window to hold it.
+                nxt = source.next_end(pos)
+                if nxt is not None and nxt <= end:
+                    wend = nxt
+                    morphs = source.take(pos, wend)
+            if not morphs:
+                pieces.extend(self._count_pieces(text, [pos], end, [], target, depth))
                 break
-            last_window = wend >= end
-            if not last_window and len(morphs) > 1:
-                morphs.pop()  # it may be cut by the window edge
             piece_starts = self._cut(text, morphs, target)
-            if last_window:
-                starts.extend(piece_starts)
-                break
-            if len(piece_starts) > 1:
-                pos = piece_starts.pop()  # the last piece may continue past the window: redo it
-                starts.extend(piece_starts)
+            if wend >= end:
+                nxt_pos = end
+            elif len(piece_starts) > 1:
+                nxt_pos = piece_starts.pop()  # the last piece may continue past the window: redo it
             else:
-                starts.extend(piece_starts)  # one giant atom filled the window
-                pos = morphs[-1][1]
-        starts[0] = start
-        bounds = [(s, _rstrip(text, s, starts[k + 1]) if k + 1 < len(starts) else end) for k, s in enumerate(starts)]
+                nxt_pos = morphs[-1][1]  # one giant atom filled the window
+            if first:
+                piece_starts[0] = start
+                first = False
+            pieces.extend(self._count_pieces(text, piece_starts, nxt_pos, morphs, target, depth))
+            if nxt_pos >= end:
+                break
+            pos = nxt_pos
+        return pieces
+
+    def _count_pieces(self, text: str, starts: list[int], stop: int, morphs: list[tuple[int, int, int]],
+                      target: int, depth: int) -> list[tuple[int, int, int]]:
+        """Pieces from ``starts`` up to ``stop`` with their counts; a piece the estimate got wrong is cut finer."""
+        bounds = [(s, _rstrip(text, s, starts[k + 1] if k + 1 < len(starts) else stop)) for k, s in enumerate(starts)]
         bounds = [(s, e) for s, e in bounds if e > s]
         counts = self.count([text[s:e] for s, e in bounds])
         pieces: list[tuple[int, int, int]] = []
         for (s, e), n in zip(bounds, counts):
-            if n > self.budget and not self.exact_chars and depth < 8 and len(self._morphemes(text, s, e)) > 1:
-                # The chars-per-token estimate was optimistic for this stretch: cut it finer.
+            over = n > self.budget and not self.exact_chars and depth < 8
+            inside = [m for m in morphs if s <= m[0] and m[1] <= e] if over else []
+            if len(inside) > 1:
+                # The chars-per-token estimate was optimistic for this stretch: cut it finer,
+                # at the same (whole-text) morphemes.
                 sub = max(1, int(target * self.budget / n * 0.9))
-                pieces.extend(self._split_range(text, s, e, min(sub, target - 1) if target > 1 else 1, depth + 1))
+                pieces.extend(self._split_range(text, s, e, min(sub, target - 1) if target > 1 else 1, depth + 1,
+                                                MorphemeList(inside)))
             else:
                 pieces.append((s, e, n))
         return pieces
-
-    def _morphemes(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
-        """``(start, end, cut preference after it)`` for MeCab morphemes of ``text[start:end]``."""
-        window = text[start:end]
-        words = get_tagger()(window)
-        out: list[tuple[int, int, int]] = []
-        pos = 0
-        for w in words:
-            surface = w.surface
-            if not surface or surface.isspace():  # MeCab makes a morpheme of U+3000: it is a gap
-                continue
-            found = window.find(surface, pos)
-            if found < 0:  # MeCab rewrote something: skip it, the characters stay in the piece
-                continue
-            pos = found + len(surface)
-            if w.is_unk and len(surface) > 1:
-                for a, b in punctuation_pieces(surface):
-                    out.append((start + found + a, start + found + b, _cut_pref(surface[a:b], None)))
-            else:
-                out.append((start + found, start + pos, _cut_pref(surface, w)))
-        return out
 
     @staticmethod
     def _atoms(text: str, morphs: list[tuple[int, int, int]], target: int) -> list[tuple[int, int, int]]:

@@ -17,7 +17,10 @@ from typing import Any
 
 from mitsuke.indexer.errors import LoadError
 
-__all__ = ["Document", "LoadFailure", "RESERVED_KEYS", "check_text", "content_hash", "document_from_mapping"]
+__all__ = ["Document", "LoadFailure", "HEADED_TYPES", "RESERVED_KEYS", "check_text", "content_hash", "document_from_mapping"]
+
+# Source types whose text carries ATX headings the chunker turns into heading paths.
+HEADED_TYPES = frozenset({"markdown", "docx"})
 
 # Keys of a mapping that become Document fields; every other key is metadata.
 RESERVED_KEYS = ("text", "id", "doc_id", "title", "source", "source_type")
@@ -31,13 +34,20 @@ class Document:
     text: str
     title: str = ""
     source: str = ""  # file path, or "<stdin>"
-    source_type: str = "text"  # text | markdown | html | jsonl (or a mapping's own label)
+    source_type: str = "text"  # text | markdown | html | jsonl | pdf | docx | csv (or a mapping's own label)
     encoding: str = "utf-8"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Paged documents (PDF): offset where each page begins (see indexer.pages); () when unpaged.
+    page_starts: tuple[int, ...] = ()
 
     @property
     def content_hash(self) -> str:
         return content_hash(self.text, self.title, self.metadata)
+
+    @property
+    def has_headings(self) -> bool:
+        """Whether the text marks headings Markdown-style (Markdown, and Word files converted to it)."""
+        return self.source_type in HEADED_TYPES
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ from collections.abc import Iterator
 
 __all__ = [
     "get_tagger",
+    "iter_morphemes",
     "morpheme_spans",
     "punctuation_pieces",
     "sentence_spans",
     "lexical_terms",
     "normalize",
+    "match_text",
     "passage_terms",
     "LEXICAL_STOP_POS",
     "LEXICAL_INFLECTING_POS",
@@ -58,6 +60,21 @@ def get_tagger():
 def normalize(text: str) -> str:
     """NFKC + lower case: the form used for matching, never for stored text."""
     return unicodedata.normalize("NFKC", text).lower()
+
+
+def match_text(text: str) -> str:
+    """``normalize(text)`` made storable: control characters as spaces, lone surrogates replaced.
+
+    The text the trigram index holds for a passage, and the form a query is
+    matched in, so ｶﾀｶﾅ/ＡＢＣ/ABC find each other as substrings too.
+    """
+    # Control characters become spaces: FTS5 reads a MATCH expression as a C string (a NUL ends it).
+    norm = _NUL_RE.sub(" ", normalize(text))
+    try:
+        norm.encode("utf-8")
+    except UnicodeEncodeError:
+        norm = norm.encode("utf-8", "replace").decode("utf-8")
+    return norm
 
 
 def _words(text: str) -> Iterator[tuple[int, int, object]]:
@@ -123,25 +140,39 @@ def punctuation_pieces(surface: str) -> list[tuple[int, int]]:
     return pieces
 
 
+def iter_morphemes(text: str) -> Iterator[tuple[int, int, object | None]]:
+    """``(start, end, word)`` for the morphemes of ``morpheme_spans(text)``, lazily, in order.
+
+    ``word`` is the fugashi node (``None`` for a piece of a split unknown
+    word); read what you need from it before taking the next item, since the
+    next MeCab window may reuse the lattice it points into. Reading a long
+    text lazily keeps memory flat, and a caller that needs morphemes of a
+    stretch gets exactly those of the whole text (MeCab's choice at a place
+    depends on the text around it: ``ＡＢＣＡＢＣ`` alone is two words, in
+    ``「ＡＢＣＡＢＣ」`` one).
+    """
+    for s, e, w in _words(text):
+        if w.is_unk and e - s > 1:
+            for a, b in punctuation_pieces(text[s:e]):
+                yield s + a, s + b, None
+        elif not text[s:e].isspace():
+            yield s, e, w
+
+
 def morpheme_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of MeCab morphemes; whitespace between them belongs to none.
 
     Unknown words made of punctuation are split per mark (``punctuation_pieces``).
     """
-    spans: list[tuple[int, int]] = []
-    for s, e, w in _words(text):
-        if w.is_unk and e - s > 1:
-            spans.extend((s + a, s + b) for a, b in punctuation_pieces(text[s:e]))
-        elif not text[s:e].isspace():
-            spans.append((s, e))
-    return spans
+    return [(s, e) for s, e, _ in iter_morphemes(text)]
 
 
 def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
     """Sentences of ``text[start:end]`` as spans trimmed of surrounding whitespace.
 
     A sentence ends at 。．！？!?｡ (plus the closing quotes/brackets and marks
-    that follow, so ``…。」`` stays whole) when no bracket is open, or at a
+    that follow, so ``…。」`` stays whole) when no bracket is open (an ASCII
+    ``!``/``?`` inside a Latin name such as ``Yahoo!ニュース`` ends nothing), or at a
     line break when no bracket is open. A blank line always ends a sentence
     and forgets unclosed brackets, so one stray 「 cannot swallow the rest of
     a document. Every non-whitespace character of the range lies in exactly
@@ -191,6 +222,11 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
         elif stack and ch in CLOSE_BRACKETS and ch in stack:
             while stack and stack.pop() != ch:  # mismatched nesting: close up to it
                 pass
+        if ch in "!?" and _inside_name(text, i, start, end):
+            pos = i + 1
+            while pos < end and text[pos] in "!?":
+                pos += 1  # Yahoo!!ニュース: the whole run is part of the name
+            continue
         if ch in _TERMINATORS and not stack and not (ch == "．" and _decimal_point(text, i, end)):
             j = i + 1
             while j < end and text[j] in _TRAILERS:
@@ -207,6 +243,23 @@ def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tu
     if sent_start >= 0:
         spans.append((sent_start, _rstrip(text, sent_start, end)))
     return [(s, e) for s, e in spans if e > s]
+
+
+def _inside_name(text: str, i: int, start: int, end: int) -> bool:
+    """An ASCII ``!``/``?`` inside a Latin-script name or token, not a sentence end.
+
+    ``Yahoo!ニュース``, ``Yahoo!の株価``, ``Yahoo!JAPAN``, ``Signalize!/``: the
+    mark follows a Latin letter or digit and the text goes on with no space
+    (and not with a closing bracket, quote or another sentence mark). After
+    Japanese text (``本当に?それは``) or before a space (``Hello! How``) it
+    ends a sentence as before.
+    """
+    if i <= start or not (text[i - 1].isascii() and text[i - 1].isalnum()):
+        return False
+    j = i + 1
+    while j < end and text[j] in "!?":
+        j += 1
+    return j < end and not text[j].isspace() and text[j] not in _TRAILERS
 
 
 def _decimal_point(text: str, i: int, end: int) -> bool:

@@ -1,5 +1,7 @@
 """Read files and JSONL into ``Document``s, detecting Japanese encodings.
 
+PDF, Word (.docx) and CSV/TSV files are handed to ``indexer.formats``.
+
 Every problem with one input becomes a ``LoadFailure`` (path + reason) in the
 stream; the caller reports it and goes on. Nothing here aborts a run.
 """
@@ -21,6 +23,7 @@ from typing import BinaryIO
 from mitsuke.indexer.documents import Document, LoadFailure, check_text, content_hash, document_from_mapping
 from mitsuke.indexer.decoding import BOMS, decode_bytes, normal_encoding_name
 from mitsuke.indexer.errors import LoadError
+from mitsuke.indexer.formats import FORMAT_SUFFIXES, FormatOptions, load_format
 
 __all__ = [
     "Document",
@@ -31,6 +34,7 @@ __all__ = [
     "html_to_text",
     "iter_documents",
     "documents_from_jsonl",
+    "FormatOptions",
 ]
 
 log = logging.getLogger("mitsuke")
@@ -39,7 +43,7 @@ TEXT_SUFFIXES = {".txt", ".text"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES
+SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | JSONL_SUFFIXES | FORMAT_SUFFIXES
 
 # --------------------------------------------------------------------------- HTML
 
@@ -170,9 +174,13 @@ def documents_from_jsonl(
 
 # --------------------------------------------------------------------------- files
 
-def _load_file(path: Path, key: str, encoding: str | None) -> Iterator[Document | LoadFailure]:
+def _load_file(path: Path, key: str, encoding: str | None,
+               formats: FormatOptions | None = None) -> Iterator[Document | LoadFailure]:
     spath = str(path)
     suffix = path.suffix.lower()
+    if suffix in FORMAT_SUFFIXES:
+        yield from load_format(path, key, encoding, formats)
+        return
     try:
         if suffix in JSONL_SUFFIXES:
             with open(path, "rb") as fh:
@@ -278,6 +286,7 @@ def iter_documents(
     exclude: tuple[str, ...] = (),
     encoding: str | None = None,
     stdin: BinaryIO | None = None,
+    formats: FormatOptions | None = None,
 ) -> Iterator[Document | LoadFailure]:
     """Yield a ``Document`` or a ``LoadFailure`` for every input under ``paths``.
 
@@ -286,6 +295,7 @@ def iter_documents(
     JSONL from standard input. Only known suffixes are read from directories
     (``SUFFIXES``) unless ``include`` globs say otherwise; ``exclude`` globs win.
     Globs match the relative path or the file name (``*.md``, ``notes/*``).
+    ``formats`` says how PDF and CSV/TSV files are read (``FormatOptions``).
     Nothing here raises for a bad input; an unknown ``encoding`` raises
     ``LoadError`` before anything is read.
 
@@ -304,15 +314,15 @@ def iter_documents(
             yield LoadFailure(str(path), "no such file or directory")
             continue
         if path.is_dir():
-            yield from _iter_directory(path, include, exclude, encoding)
+            yield from _iter_directory(path, include, exclude, encoding, formats)
         elif path.is_file():
-            yield from _load_file(path, path.name, encoding)
+            yield from _load_file(path, path.name, encoding, formats)
         else:
             yield LoadFailure(str(path), "not a regular file (broken symlink, symlink loop, FIFO or device)")
 
 
 def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-                    encoding: str | None) -> Iterator[Document | LoadFailure]:
+                    encoding: str | None, formats: FormatOptions | None = None) -> Iterator[Document | LoadFailure]:
     for file, problem in _walk(root):
         rel = file.relative_to(root).as_posix()
         if exclude and (_matches(rel, exclude) or any(_excluded_dir(d, exclude) for d in _parents(rel))):
@@ -327,7 +337,7 @@ def _iter_directory(root: Path, include: tuple[str, ...], exclude: tuple[str, ..
         if problem is not None:
             yield LoadFailure(str(file), problem)
         else:
-            yield from _load_file(file, rel, encoding)
+            yield from _load_file(file, rel, encoding, formats)
 
 
 def _parents(rel: str) -> Iterator[str]:

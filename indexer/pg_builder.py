@@ -144,7 +144,7 @@ class PgIndexBuilder(IndexWriter):
             doc = p.doc
             docs.append({"key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
                          "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
-                         "n_chars": len(doc.text)})
+                         "n_chars": len(doc.text), "page_starts": list(doc.page_starts) or None})
             n = len(p.chunks)
             rows.append([{"chunk_index": c.index, "char_start": c.char_start, "char_end": c.char_end,
                           "text": c.text, "token_count": c.token_count, "headings": list(c.headings)}

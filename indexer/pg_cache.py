@@ -173,7 +173,7 @@ def _apply(store: PostgresStore, local: SqliteStore, vectors: VectorStore | None
         local.delete_documents(conn, sorted(removed | {int(d["id"]) for d, _, _, _ in docs}), head)
         row = first_row
         for doc, chunk_rows, terms, vs in docs:
-            local.insert_document(conn, {**doc, "meta": doc["meta"] or {}})
+            local.insert_document(conn, {**doc, "meta": doc["meta"] or {}, "page_starts": doc["page_starts"] or None})
             out = []
             for c, v in zip(chunk_rows, vs):
                 out.append({**c, "headings": list(c["headings"] or []),

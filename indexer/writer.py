@@ -21,7 +21,7 @@ from mitsuke.indexer.documents import Document, LoadFailure, document_from_mappi
 from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
 from mitsuke.indexer.layout import Manifest
-from mitsuke.indexer.loaders import iter_documents
+from mitsuke.indexer.loaders import FormatOptions, iter_documents
 
 if TYPE_CHECKING:
     from mitsuke.indexer.embedding import Embedder
@@ -97,10 +97,10 @@ class IndexWriter:
 
     # ------------------------------------------------------------------ adding
     def add_paths(self, paths: Iterable[str], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                  encoding: str | None = None, stdin=None) -> IndexSummary:
-        """Index files, directories (recursive) and ``-`` (JSONL on stdin)."""
+                  encoding: str | None = None, stdin=None, formats: FormatOptions | None = None) -> IndexSummary:
+        """Index files, directories (recursive) and ``-`` (JSONL on stdin); ``formats``: PDF/CSV options."""
         return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
-                                                 stdin=stdin))
+                                                 stdin=stdin, formats=formats))
 
     def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
         """Add or update documents; unchanged ones (same key and content hash) are skipped.
@@ -137,7 +137,7 @@ class IndexWriter:
                 self.on_progress("unchanged", 1)
             return
         try:
-            chunks = self.chunker.chunk(doc.text, markdown=doc.source_type == "markdown")
+            chunks = self.chunker.chunk(doc.text, markdown=doc.has_headings, breaks=doc.page_starts)
         except Exception as exc:  # a chunker bug on one document must not end the run
             log.exception("chunking failed for %s", doc.key)
             self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mitsuke.indexer.errors import QueryError
+from mitsuke.indexer.pages import pages_of
 from mitsuke.indexer.store import ChunkPiece, SqlStore
 from mitsuke.search.results import Passage
 
@@ -68,14 +69,27 @@ class Citation:
     metadata: dict[str, Any] = field(default_factory=dict)
     headings: tuple[str, ...] = ()
     chunk_ids: tuple[int, ...] = ()
+    pages: tuple[int, int] | None = None  # 1-based first and last page, for paged documents (PDF)
 
     def to_dict(self) -> dict[str, Any]:
         return {"doc_key": self.doc_key, "title": self.title, "char_start": self.char_start,
                 "char_end": self.char_end, "source": self.source, "metadata": dict(self.metadata),
-                "headings": list(self.headings), "chunk_ids": list(self.chunk_ids)}
+                "headings": list(self.headings), "chunk_ids": list(self.chunk_ids),
+                "pages": list(self.pages) if self.pages else None}
+
+    @property
+    def page_label(self) -> str:
+        """``p.3`` or ``pp.3–4``; empty for an unpaged document."""
+        if not self.pages:
+            return ""
+        first, last = self.pages
+        return f"p.{first}" if first == last else f"pp.{first}–{last}"
 
     def __str__(self) -> str:
-        return f"{self.title or self.doc_key} ({self.doc_key} {self.char_start}–{self.char_end})"
+        where = f"{self.doc_key} {self.char_start}–{self.char_end}"
+        if self.pages:
+            where += f", {self.page_label}"
+        return f"{self.title or self.doc_key} ({where})"
 
 
 @dataclass(frozen=True)
@@ -165,7 +179,7 @@ class Context(Sequence):
         for n, p in enumerate(self.passages, 1):
             c = p.citation
             head = header.format(n=n, citation=c, doc_key=c.doc_key, title=c.title, char_start=c.char_start,
-                                 char_end=c.char_end, source=c.source, score=p.score)
+                                 char_end=c.char_end, source=c.source, score=p.score, pages=c.page_label)
             parts.append(f"{head}\n{p.text}")
         return "\n\n".join(parts)
 
@@ -246,20 +260,25 @@ def _cut(text: str, limit: int) -> int:
 
 
 # ---------------------------------------------------------------------- assembly
-def _citation(hit: Passage, start: int, end: int, chunk_ids: tuple[int, ...]) -> Citation:
+def _citation(hit: Passage, start: int, end: int, chunk_ids: tuple[int, ...],
+              page_starts: Mapping[str, Sequence[int]] | None = None) -> Citation:
+    starts = (page_starts or {}).get(hit.doc_key)
+    pages = pages_of(starts, start, end) if starts else hit.pages
     return Citation(doc_key=hit.doc_key, title=hit.title, char_start=start, char_end=end, source=hit.source,
-                    metadata=dict(hit.metadata), headings=tuple(hit.headings), chunk_ids=chunk_ids)
+                    metadata=dict(hit.metadata), headings=tuple(hit.headings), chunk_ids=chunk_ids, pages=pages)
 
 
 def assemble(hits: Sequence[Passage], around: Mapping[int, Sequence[ChunkPiece]] | None = None, *,
-             max_chars: int | None = None, query: str = "") -> Context:
+             max_chars: int | None = None, query: str = "",
+             page_starts: Mapping[str, Sequence[int]] | None = None) -> Context:
     """Build a ``Context`` from ranked ``hits``.
 
     ``around[hit.chunk_id]``: the chunks the hit may grow into (its
     neighbours; see ``SqlStore.neighbours``). Neighbours are added nearest
     first while they fit the budget; a hit whose own text is already in the
     context is skipped; a hit too long for what is left is cut at a sentence
-    end if at least ``MIN_CUT_CHARS`` of it fit, else skipped.
+    end if at least ``MIN_CUT_CHARS`` of it fit, else skipped. ``page_starts[doc_key]``
+    (paged documents) gives each citation the pages of its whole span.
     """
     if max_chars is not None and max_chars < 1:
         raise QueryError(f"max_chars must be at least 1 (or None for no limit), got {max_chars}")
@@ -290,7 +309,7 @@ def assemble(hits: Sequence[Passage], around: Mapping[int, Sequence[ChunkPiece]]
         text = SPAN_SEPARATOR.join(s.text for s in spans)
         total += len(text)
         used[hit.doc_key] = _normalize(done + selected)
-        citation = _citation(hit, spans[0].char_start, spans[-1].char_end, tuple(sorted(contributors)))
+        citation = _citation(hit, spans[0].char_start, spans[-1].char_end, tuple(sorted(contributors)), page_starts)
         out.append(ContextPassage(rank=rank, score=hit.score, text=text, spans=spans, citation=citation, hit=hit,
                                   truncated=truncated))
     return Context(query=query, passages=tuple(out), max_chars=max_chars)
@@ -354,10 +373,15 @@ def retrieve_context(searcher: Retriever, query: str, *, k: int = 5, max_chars: 
         raise QueryError(f"max_chars must be at least 1 (or None for no limit), got {max_chars}")
     hits = searcher.search(query, k, mode=mode, **search_kwargs)
     around = None
-    if neighbors and hits:
+    page_starts = None
+    paged = [h.chunk_id for h in hits if h.pages]
+    if neighbors and hits or paged:
         with searcher.store.snapshot() as snap:
-            around = snap.neighbours([h.chunk_id for h in hits], neighbors)
-    ctx = assemble(hits, around, max_chars=max_chars, query=query)
+            if neighbors:
+                around = snap.neighbours([h.chunk_id for h in hits], neighbors)
+            if paged:
+                page_starts = snap.page_starts_of_chunks(paged)
+    ctx = assemble(hits, around, max_chars=max_chars, query=query, page_starts=page_starts)
     log.debug("context for %r: %d hits -> %d passages, %d chars", query, len(hits), len(ctx), ctx.n_chars)
     return ctx
 

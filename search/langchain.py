@@ -45,7 +45,7 @@ class MitsukeRetriever(BaseRetriever):
     budget). ``metadata`` of each document: ``doc_key``, ``title``,
     ``char_start``, ``char_end``, ``source``, ``metadata`` (the document's
     own), ``headings``, ``chunk_ids``, ``score``, ``rank``, ``chunk_id``,
-    ``dense_score``, ``lexical_score``, ``truncated``.
+    ``dense_score``, ``lexical_score``, ``truncated``, ``pages`` (``[first, last]`` for a PDF, else None).
 
     One retriever (one ``Searcher``) may serve many threads at once.
     """

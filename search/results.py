@@ -17,6 +17,11 @@ class Passage:
     ``dense_rank`` / ``lexical_rank`` (1-based) its rank in that leg's
     candidates; ``None`` where the leg did not return the passage (in hybrid
     mode ``dense_score`` is filled in for lexical-only passages too).
+    ``pages``: the 1-based first and last page the passage lies on, for paged
+    documents (PDF); ``None`` otherwise.
+    ``lexical_match`` says what the lexical leg found the passage by:
+    ``"terms"`` (MeCab terms), ``"trigram"`` (the query, or a
+    whitespace-separated piece of it, as a substring) or ``"both"``.
     """
 
     chunk_id: int
@@ -34,6 +39,8 @@ class Passage:
     lexical_score: float | None = None
     dense_rank: int | None = None
     lexical_rank: int | None = None
+    pages: tuple[int, int] | None = None
+    lexical_match: str | None = None
 
     def __hash__(self) -> int:
         # The generated hash would fail on the metadata dict; a passage's identity is its chunk and score.
@@ -52,6 +59,7 @@ class Passage:
     def to_dict(self, rank: int | None = None) -> dict[str, Any]:
         d = asdict(self)
         d["headings"] = list(self.headings)
+        d["pages"] = list(self.pages) if self.pages else None
         if rank is not None:
             d = {"rank": rank, **d}
         return d

@@ -22,7 +22,7 @@ from mitsuke.search.context import Context, retrieve_context
 from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
 from mitsuke.search.filters import Filter, compile_where
 from mitsuke.search.fusion import FUSIONS, check_weights, fuse
-from mitsuke.search.lexical import bm25_search
+from mitsuke.search.trigram import LexicalHits, lexical_search
 from mitsuke.search.results import Passage
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class Searcher:
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
         self._feed: CacheFeed | None = None  # a PostgreSQL index's cache upkeep (search.remote)
+        self._told_no_trigrams = False
         if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
                         "lexical matches may be missed until the index is rebuilt",
@@ -254,8 +255,8 @@ class Searcher:
             for qi in live:
                 dense = dense_legs.get(qi, [])
                 lexical = self._lexical_leg(snap, req, queries[qi])
-                ranked, extra = self._fuse(snap, req, qvecs.get(qi), dense, lexical)
-                results[qi] = self._passages(snap, ranked[:req.k], dense, lexical, extra)
+                ranked, extra = self._fuse(snap, req, qvecs.get(qi), dense, lexical.ranked)
+                results[qi] = self._passages(snap, ranked[:req.k], dense, lexical.ranked, extra, lexical.matches)
         return results
 
     # ------------------------------------------------------------------ validate
@@ -313,11 +314,23 @@ class Searcher:
                          req.pool, req.rerank, req.nprobe, req.flt)
         return dict(zip(order, legs))
 
-    def _lexical_leg(self, snap: Snapshot, req: _Request, query: str) -> Hits:
+    def _lexical_leg(self, snap: Snapshot, req: _Request, query: str) -> LexicalHits:
+        """BM25 over MeCab terms, with substring (trigram) matches where the index has them."""
         if req.mode == "dense":
-            return []
-        return bm25_search(snap, query, req.k if req.mode == "lexical" else req.pool, req.flt,
-                           n_docs=self._chunk_count(snap))
+            return LexicalHits([])
+        return lexical_search(snap, query, req.k if req.mode == "lexical" else req.pool, req.flt,
+                              n_docs=self._chunk_count(snap), trigrams=self._has_trigrams(snap))
+
+    def _has_trigrams(self, snap: Snapshot) -> bool:
+        """Whether the index has the trigram table; an older index is searched by its terms alone."""
+        if snap.has_substrings():
+            return True
+        if not self._told_no_trigrams:
+            self._told_no_trigrams = True
+            log.warning("%s predates substring (trigram) matching: lexical search uses MeCab terms only. "
+                        "Any `mitsuke index ... --index %s` run adds it (e.g. `mitsuke index - --index %s "
+                        "< /dev/null`, which indexes nothing else)", self.path, self.path, self.path)
+        return False
 
     def _chunk_count(self, snap: Snapshot) -> int:
         """Number of passages at the snapshot's generation (counted once per generation)."""
@@ -345,7 +358,8 @@ class Searcher:
 
     # ------------------------------------------------------------------ passages
     def _passages(self, snap: Snapshot, ranked: Hits, dense: Hits, lexical: Hits,
-                  extra_dense: dict[int, float] | None = None) -> list[Passage]:
+                  extra_dense: dict[int, float] | None = None, matches: dict[int, str] | None = None
+                  ) -> list[Passage]:
         rows = snap.chunk_rows([c for c, _ in ranked])
         d_rank = {c: (r, s) for r, (c, s) in enumerate(dense, 1)}
         l_rank = {c: (r, s) for r, (c, s) in enumerate(lexical, 1)}
@@ -362,7 +376,8 @@ class Searcher:
                 char_start=row.char_start, char_end=row.char_end, headings=row.headings,
                 metadata=row.metadata, chunk_index=row.chunk_index, source=row.source,
                 dense_score=d[1] if d else extra_dense.get(cid), lexical_score=lx[1] if lx else None,
-                dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None,
+                dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None, pages=row.pages,
+                lexical_match=(matches or {}).get(cid) if lx else None,
             ))
         return out
 

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mitsuke.indexer.chunking import Chunk, Chunker, markdown_sections
@@ -39,9 +39,25 @@ EVAL = REPO.parent / "shared" / "eval"
     ("円周率は３．１４です．次の文．", ["円周率は３．１４です．", "次の文．"]),
     ("", []),
     ("\n\r\n \u3000", []),
+    # An ASCII !/? inside a Latin-script name is no sentence end; after Japanese or before a space it is.
+    ("ほぼ10か月経って、Yahoo!の株価（YHOO）は下がった。次。", ["ほぼ10か月経って、Yahoo!の株価（YHOO）は下がった。", "次。"]),
+    ("Yahoo!ニュースで見た。Yahoo!!ニュース。", ["Yahoo!ニュースで見た。", "Yahoo!!ニュース。"]),
+    ("番組をYahoo!JAPANで配信、Signalize!/カレンダーガール", ["番組をYahoo!JAPANで配信、Signalize!/カレンダーガール"]),
+    ("本当に?それは嘘だ!次の文", ["本当に?", "それは嘘だ!", "次の文"]),
+    ("Hello! How are you? 元気。Yahoo!", ["Hello!", "How are you?", "元気。", "Yahoo!"]),
+    ("「Yahoo!」と叫んだ。", ["「Yahoo!」と叫んだ。"]),
 ])
 def test_sentence_spans(text, expected):
     assert [text[s:e] for s, e in sentence_spans(text)] == expected
+
+
+def test_a_name_with_an_exclamation_mark_stays_in_its_chunk():
+    # The article: chunks ended after "Yahoo!" and began with "の株価".
+    text = ("2000年1月にピークを迎えた後、ほぼ10か月経って、Yahoo!の株価（YHOO）は当時の最高値から"
+            "約90％下落した。Yahoo!ニュースはその後も続いた。") * 3
+    chunks = Chunker(ChunkConfig(max_chars=70)).chunk(text)
+    assert [c.text for c in chunks] == [s + "。" for s in text.split("。") if s]
+    assert not any(c.text.startswith(("の株価", "ニュース")) for c in chunks)
 
 
 def test_sentence_spans_respects_the_range():
@@ -260,8 +276,6 @@ def check_invariants(text: str, chunks: list[Chunk], budget: int, brackets=(), e
         assert c.text == c.text.strip() or not c.text[0].isspace()
         if exact_chars:
             assert c.token_count == len(c.text)
-        if c.token_count > budget:
-            assert len(morpheme_spans(c.text)) == 1, (budget, c)
         covered[c.char_start:c.char_end] = b"\1" * (c.char_end - c.char_start)
     missing = [i for i, ch in enumerate(text) if not covered[i] and not ch.isspace()]
     assert not missing, [text[i] for i in missing]
@@ -272,6 +286,9 @@ def check_invariants(text: str, chunks: list[Chunk], budget: int, brackets=(), e
     for c in chunks:
         assert c.char_start in starts, (c, text[max(0, c.char_start - 5):c.char_start + 5])
         assert c.char_end in ends, (c, text[max(0, c.char_end - 5):c.char_end + 5])
+        if c.token_count > budget:
+            # Only one morpheme (of the whole text: 「ＡＢＣＡＢＣ」 holds one, ＡＢＣＡＢＣ alone is two) goes over.
+            assert sum(c.char_start <= s and e <= c.char_end for s, e in morphs) == 1, (budget, c)
     # No chunk boundary inside a bracketed span that fits the budget.
     bounds = {c.char_start for c in chunks} | {c.char_end for c in chunks}
     for s, e in brackets:
@@ -310,6 +327,9 @@ def test_properties_on_real_text(text, budget, overlap_share):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(doc=documents(), budget=st.integers(8, 64))
+# MeCab reads ＡＢＣＡＢＣ as one word inside 「」 and as ＡＢＣ|ＡＢＣ alone: a piece re-tagged on
+# its own was once cut at offset 4, which is no morpheme boundary of the whole text.
+@example(doc=("「ＡＢＣＡＢＣ」", [(0, 8)]), budget=8)
 def test_properties_with_model_tokens(count_tokens, doc, budget):
     text, brackets = doc
     chunks = Chunker(ChunkConfig(max_tokens=budget), count_tokens).chunk(text)

@@ -174,7 +174,7 @@ def test_keys_are_relative_paths_and_encodings_are_recorded(tmp_path):
     write(tmp_path / "sub" / "b.txt", "シフトジス。", "cp932")
     write(tmp_path / "sub" / "deeper" / "c.md", "# 見出し\nイーユーシー。", "euc_jp")
     write(tmp_path / "sub" / "d.jsonl", json.dumps({"text": "ジェイソン。"}, ensure_ascii=False))
-    write(tmp_path / "notes.csv", "無視される。")
+    write(tmp_path / "notes.log", "無視される。")  # an unknown suffix
     docs, failures = docs_and_failures(list(iter_documents([tmp_path])))
     assert not failures
     assert {d.key: d.encoding for d in docs} == {
@@ -185,14 +185,14 @@ def test_keys_are_relative_paths_and_encodings_are_recorded(tmp_path):
 
 
 def test_include_and_exclude_globs(tmp_path):
-    for name in ("a.txt", "b.md", "keep/c.txt", "drop/d.txt", "drop/e.md", "x.csv"):
+    for name in ("a.txt", "b.md", "keep/c.txt", "drop/d.txt", "drop/e.md", "x.log"):
         write(tmp_path / name, f"{name}の本文。")
     keys = lambda **kw: sorted(d.key for d in iter_documents([tmp_path], **kw))  # noqa: E731
     assert keys() == ["a.txt", "b.md", "drop/d.txt", "drop/e.md", "keep/c.txt"]
     assert keys(include=("*.md",)) == ["b.md", "drop/e.md"]
     assert keys(exclude=("drop/*",)) == ["a.txt", "b.md", "keep/c.txt"]
     assert keys(exclude=("drop",)) == ["a.txt", "b.md", "keep/c.txt"]
-    assert keys(include=("*.csv", "*.txt"), exclude=("keep/*",)) == ["a.txt", "drop/d.txt", "x.csv"]
+    assert keys(include=("*.log", "*.txt"), exclude=("keep/*",)) == ["a.txt", "drop/d.txt", "x.log"]
 
 
 def test_forced_encoding_applies_to_every_file(tmp_path):

@@ -16,16 +16,19 @@ Layout - the seam a second dialect plugs into:
   rows by id, vector rows, neighbours for context, filtered ids and vectors,
   counts, evaluation spans - plus ``begin()`` (a write transaction) and
   ``snapshot()`` (a ``Snapshot``: one read transaction = one generation).
+- ``paging.PagingMixin``: page starts of paged documents (PDF), pages of a chunk.
+- ``hooks.DialectHooks``: the list of what a dialect supplies.
 - ``sqlite.SqliteStore``: SQLite's own parts - connection PRAGMAs, WAL, the
-  BEGIN handling that makes a snapshot consistent, the FTS5 table
-  ``chunk_terms`` (bm25(), fts5vocab), ``sqlite_sequence``, GLOB and
-  ``json_each`` filters.
+  BEGIN handling that makes a snapshot consistent, the FTS5 tables
+  ``chunk_terms`` (bm25(), fts5vocab) and ``chunk_trigrams`` (substrings),
+  ``sqlite_sequence``, GLOB and ``json_each`` filters.
 
 A PostgreSQL store is a subclass of ``SqlStore`` that supplies an engine
-(REPEATABLE READ for ``snapshot()``) and the hooks ``SqlStore`` marks
-"dialect": ``_prepare``, ``_create_lexical``, ``_insert_terms``,
-``_delete_terms``, ``next_chunk_id``, ``bm25`` (the same scores as FTS5's),
-``term_doc_freq``, ``_glob`` and ``_metadata_match``.
+(REPEATABLE READ for ``snapshot()``) and the hooks of ``hooks.DialectHooks``:
+``_prepare``, ``_create_lexical``, ``_insert_terms``, ``_delete_terms``,
+``_create_substrings``, ``_insert_substrings``, ``_delete_substrings``,
+``has_substrings``, ``substring_bm25``, ``next_chunk_id``, ``bm25`` (the same
+scores as FTS5's), ``term_doc_freq``, ``_glob`` and ``_metadata_match``.
 
 >>> from mitsuke.indexer.store import MetadataStore
 >>> store = MetadataStore("idx/meta.sqlite", readonly=True)   # doctest: +SKIP

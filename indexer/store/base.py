@@ -15,6 +15,8 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, t
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias, Select
 
+from mitsuke.indexer.store.hooks import DialectHooks
+from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
     BUILTIN_FIELDS, ChunkPiece, ChunkRow, Filter, batches, chunks, deleted_chunks, documents,
     metadata, state,
@@ -32,11 +34,23 @@ def _m001_create_tables(store: "SqlStore", conn: Connection) -> None:
     store._create_lexical(conn)
 
 
-MIGRATIONS = [_m001_create_tables]
+def _m002_page_starts(store: "SqlStore", conn: Connection) -> None:
+    # m001 creates the tables from today's definitions, page_starts included:
+    # add the column only to a database made by an older m001.
+    if not store._has_column(conn, "documents", "page_starts"):
+        conn.execute(text("ALTER TABLE documents ADD COLUMN page_starts JSON"))
+
+
+def _m003_substrings(store: "SqlStore", conn: Connection) -> None:
+    # Substring matching (search.trigram); an index written before it has its passages indexed now.
+    store._create_substrings(conn)
+
+
+MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_substrings]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SqlStore:
+class SqlStore(DialectHooks, PagingMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
     Write methods take the ``Connection`` of a ``begin()`` block; read methods
@@ -73,51 +87,6 @@ class SqlStore:
         with self.engine.connect() as conn:
             yield Snapshot(self, conn)
 
-    # ------------------------------------------------------------------ dialect hooks
-    def _prepare(self) -> None:
-        """Dialect: set up the database before the first write transaction (SQLite: WAL)."""
-
-    def _create_lexical(self, conn: Connection) -> None:
-        """Dialect: create the lexical index of chunk terms (migration 1)."""
-        raise NotImplementedError
-
-    def _insert_terms(self, conn: Connection, ids: Sequence[int], terms: Sequence[str]) -> None:
-        """Dialect: index the space-joined lexical ``terms`` of the chunks ``ids``."""
-        raise NotImplementedError
-
-    def _delete_terms(self, conn: Connection, ids: Sequence[int]) -> None:
-        """Dialect: drop the lexical terms of the chunks ``ids``."""
-        raise NotImplementedError
-
-    def next_chunk_id(self, conn: Connection) -> int:
-        """Dialect: the id the next chunk gets; ids are never reused (invariant 3)."""
-        raise NotImplementedError
-
-    def bm25(self, conn: Connection, terms: Sequence[str], k: int, flt: Filter | None = None
-             ) -> list[tuple[int, float]]:
-        """Dialect: the ``k`` passages holding any of ``terms`` with the best Okapi BM25 score.
-
-        (chunk id, score; higher is better), ties broken by chunk id; with
-        ``flt`` only the matching passages. Scores are FTS5's bm25() with
-        k1 = 1.2, b = 0.75, negated; another dialect must give the same numbers.
-        """
-        raise NotImplementedError
-
-    def term_doc_freq(self, conn: Connection, terms: Sequence[str]) -> dict[str, int]:
-        """Dialect: how many passages hold each of ``terms`` (absent terms are left out)."""
-        raise NotImplementedError
-
-    def _glob(self, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
-        """Dialect: ``column`` matches the case-sensitive glob ``pattern`` (``*``, ``?``, ``[...]``)."""
-        raise NotImplementedError
-
-    def _metadata_match(self, d: Alias, key: str, value: Any, tag: str) -> ColumnElement[bool]:
-        """Dialect: the metadata JSON of ``d`` holds ``value`` at ``key`` (see ``search.filters``).
-
-        ``tag`` makes the statement's bound parameter names unique.
-        """
-        raise NotImplementedError
-
     # ------------------------------------------------------------------ schema
     def _migrate(self, conn: Connection) -> None:
         conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
@@ -126,6 +95,7 @@ class SqlStore:
             if number > current:
                 migration(self, conn)
                 conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": number})
+        self._after_migrate(conn)
 
     # ------------------------------------------------------------------ state
     def get_state(self, conn: Connection, key: str, default: str | None = None) -> str | None:
@@ -172,6 +142,7 @@ class SqlStore:
             chunk_ids += [r[0] for r in conn.execute(select(chunks.c.id).where(chunks.c.doc_id.in_(part)))]
         for part in batches(chunk_ids):
             self._delete_terms(conn, part)
+            self._delete_substrings(conn, part)
             conn.execute(chunks.delete().where(chunks.c.id.in_(part)))
         if chunk_ids:
             conn.execute(deleted_chunks.insert(), [{"chunk_id": i, "generation": generation} for i in chunk_ids])
@@ -188,6 +159,7 @@ class SqlStore:
             return
         conn.execute(chunks.insert(), rows)
         self._insert_terms(conn, [r["id"] for r in rows], terms)
+        self._insert_substrings(conn, [(r["id"], r["text"]) for r in rows])
 
     def renumber_vectors(self, conn: Connection, ids: Sequence[int], new_rows: Sequence[int]) -> None:
         """Point chunk ``ids[i]`` at row ``new_rows[i]`` (compaction; one transaction with the epoch change)."""
@@ -249,7 +221,7 @@ class SqlStore:
                     doc_key=r[9], title=r[10], source=r[11], source_type=r[12],
                     metadata=r[13] if isinstance(r[13], dict) else json.loads(r[13] or "{}"),
                 )
-        return out
+        return self.with_pages(conn, out)
 
     def chunk_vector_rows(self, conn: Connection, ids: Iterable[int]) -> dict[int, int | None]:
         """``chunk id -> row of vectors.f16`` (None: no vector) of the given ids that exist."""
@@ -396,3 +368,11 @@ class Snapshot:
     def term_doc_freq(self, terms: Sequence[str]) -> dict[str, int]:
         return self.store.term_doc_freq(self.conn, terms)
 
+    def has_substrings(self) -> bool:
+        return self.store.has_substrings(self.conn)
+
+    def substring_bm25(self, phrases: Sequence[str], k: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+        return self.store.substring_bm25(self.conn, phrases, k, flt)
+
+    def page_starts_of_chunks(self, chunk_ids: Iterable[int]) -> dict[str, tuple[int, ...]]:
+        return self.store.page_starts_of_chunks(self.conn, chunk_ids)

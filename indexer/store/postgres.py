@@ -23,8 +23,9 @@ Every value is a bound parameter; the schema name (checked by
 Searching happens on a query node's local cache (``indexer.pg_cache``), a
 directory index caught up from ``commits``: BM25, filters and ANN there are
 SQLite's and FAISS's, identical to a directory index's by construction. The
-search hooks of ``SqlStore`` (``bm25``, ``term_doc_freq``, ``_glob``,
-``_metadata_match``) are therefore not implemented on the server.
+search hooks of ``DialectHooks`` (``bm25``, ``term_doc_freq``, ``substring_bm25``,
+``_glob``, ``_metadata_match``) are therefore not implemented on the server, and
+the substring (trigram) index exists only in the caches.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ _EXTRA_TABLES = [
 ]
 
 _DOC_COLS = ("id", "key", "content_hash", "title", "source", "source_type", "encoding", "meta", "n_chars",
-             "generation")
+             "generation", "page_starts")
 _CHUNK_COLS = ("id", "doc_id", "chunk_index", "char_start", "char_end", "text", "token_count", "headings",
                "generation")
 
@@ -163,6 +164,23 @@ class PostgresStore(SqlStore):
     def _delete_terms(self, conn: Connection, ids: Sequence[int]) -> None:
         conn.execute(text("DELETE FROM chunk_payload WHERE chunk_id = ANY(:ids)"), {"ids": [int(i) for i in ids]})
 
+    # The substring (trigram) index is derived on each query node's cache from the chunks' text.
+    def _create_substrings(self, conn: Connection) -> None:
+        pass
+
+    def _insert_substrings(self, conn: Connection, rows: Sequence[tuple[int, str]]) -> None:
+        pass
+
+    def _delete_substrings(self, conn: Connection, ids: Sequence[int]) -> None:
+        pass
+
+    def has_substrings(self, conn: Connection) -> bool:
+        return False
+
+    def substring_bm25(self, conn: Connection, phrases: Sequence[str], k: int, flt: Filter | None = None
+                       ) -> list[tuple[int, float]]:
+        raise NotImplementedError("a PostgreSQL index is searched on a query node's cache (indexer.pg_cache)")
+
     def bm25(self, conn: Connection, terms: Sequence[str], k: int, flt: Filter | None = None
              ) -> list[tuple[int, float]]:
         raise NotImplementedError("a PostgreSQL index is searched on a query node's cache (indexer.pg_cache)")
@@ -228,11 +246,14 @@ class PostgresStore(SqlStore):
         crow: list[dict[str, Any]] = []
         prow: list[dict[str, Any]] = []
         for i, doc in enumerate(docs):
-            values = {**doc, "meta": json.dumps(doc.get("meta") or {}, ensure_ascii=False), "generation": generation}
+            pages = doc.get("page_starts")
+            values = {**doc, "meta": json.dumps(doc.get("meta") or {}, ensure_ascii=False), "generation": generation,
+                      "page_starts": None if not pages else json.dumps([int(p) for p in pages])}
             doc_id = int(conn.execute(text(
                 "INSERT INTO documents (key, content_hash, title, source, source_type, encoding, meta, n_chars, "
-                "generation) VALUES (:key, :content_hash, :title, :source, :source_type, :encoding, "
-                "CAST(:meta AS JSON), :n_chars, :generation) RETURNING id"), values).scalar())
+                "generation, page_starts) VALUES (:key, :content_hash, :title, :source, :source_type, :encoding, "
+                "CAST(:meta AS JSON), :n_chars, :generation, CAST(:page_starts AS JSON)) RETURNING id"),
+                values).scalar())
             doc_ids[doc["key"]] = doc_id
             for j, row in enumerate(chunk_rows[i]):
                 cid = next(ids)

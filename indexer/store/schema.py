@@ -30,6 +30,9 @@ documents = Table(
     Column("meta", JSON, nullable=False, default=dict),
     Column("n_chars", Integer, nullable=False),
     Column("generation", Integer, nullable=False),
+    # Paged documents (PDF): JSON list of page start offsets (indexer.pages); NULL when unpaged.
+    # Added by migration 2.
+    Column("page_starts", JSON(none_as_null=True), nullable=True),
 )
 
 # AUTOINCREMENT: ids are never reused, even after the newest rows are deleted
@@ -89,6 +92,7 @@ class ChunkRow:
     source: str
     source_type: str
     metadata: dict[str, Any]
+    pages: tuple[int, int] | None = None  # 1-based first and last page (paged documents only)
 
 
 class ChunkPiece(NamedTuple):

@@ -2,12 +2,15 @@
 
 What is SQLite's own here: the connection settings (PRAGMAs, WAL, who
 issues BEGIN), the FTS5 table ``chunk_terms`` with its bm25() and fts5vocab
-document frequencies, ``sqlite_sequence`` for chunk ids, ``GLOB`` and the
+document frequencies, the FTS5 trigram table ``chunk_trigrams`` for substrings,
+``sqlite_sequence`` for chunk ids, ``GLOB`` and the
 ``json_each``/``json_type`` metadata filters.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +19,26 @@ from sqlalchemy.sql import column, table
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias
 
+from mitsuke.indexer.japanese import match_text
 from mitsuke.indexer.store.base import SqlStore
 from mitsuke.indexer.store.schema import Filter, batches
 
-__all__ = ["SqliteStore", "fts5_match"]
+__all__ = ["SqliteStore", "fts5_match", "TRIGRAM_TABLE", "TRIGRAM_FORM"]
+
+log = logging.getLogger("mitsuke")
 
 # The FTS5 table of space-joined MeCab terms (indexer.japanese.lexical_terms); rowid = chunk id.
 _terms = table("chunk_terms", column("rowid", Integer))
 _bm25 = func.bm25(literal_column("chunk_terms"))
+# Substrings: passage text as ``japanese.match_text`` gives it, in an FTS5 trigram index.
+TRIGRAM_TABLE = "chunk_trigrams"
+TRIGRAM_FORM = f"nfkc-lower-v1:unicode-{unicodedata.unidata_version}"
+_trigrams = table(TRIGRAM_TABLE, column("rowid", Integer))
+_tri_bm25 = func.bm25(literal_column(TRIGRAM_TABLE))
+
+
+def _trigram_rows(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
+    return [(int(i), match_text(t)) for i, t in rows]
 
 
 def _on_connect(dbapi_conn, _record) -> None:
@@ -137,6 +152,73 @@ class SqliteStore(SqlStore):
                 f"SELECT term, doc FROM temp.mitsuke_vocab WHERE term IN ({','.join('?' * len(part))})", tuple(part))
             df.update((str(t), int(d)) for t, d in rows)
         return df
+
+    # ------------------------------------------------------------------ substrings (FTS5 trigram)
+    # The passages' text, NFKC + lower case (japanese.match_text), in an FTS5 trigram index;
+    # rowid = chunk id. Contentless (the text is in ``chunks`` already): a row is removed
+    # with FTS5's 'delete' command and the text it was indexed with, which ``_trigram_rows``
+    # recomputes; TRIGRAM_FORM records how, and a writer that would compute it differently
+    # rebuilds the table (``_after_migrate``). detail=full: a substring query is an FTS5
+    # phrase of trigrams, which needs positions.
+    def _create_substrings(self, conn: Connection) -> None:
+        conn.exec_driver_sql(f"CREATE VIRTUAL TABLE IF NOT EXISTS {TRIGRAM_TABLE} USING fts5("
+                             "text, tokenize='trigram', detail=full, content='')")
+        self._fill_trigrams(conn)
+        self.set_state(conn, "trigram_form", TRIGRAM_FORM)
+
+    def _fill_trigrams(self, conn: Connection) -> None:
+        """Index every chunk's text in the (empty) trigram table."""
+        last = 0
+        while True:
+            rows = conn.exec_driver_sql("SELECT id, text FROM chunks WHERE id > ? ORDER BY id LIMIT 2000",
+                                        (last,)).fetchall()
+            if not rows:
+                break
+            self._insert_substrings(conn, rows)
+            last = int(rows[-1][0])
+
+    def _after_migrate(self, conn: Connection) -> None:
+        # A contentless FTS5 row can only be deleted with the exact text it was indexed with;
+        # another Unicode version of NFKC (a Python upgrade) could compute another one.
+        have = self.get_state(conn, "trigram_form")
+        if have == TRIGRAM_FORM:
+            return
+        log.info("%s: passages were normalised as %s, this Python gives %s: re-indexing the trigram table",
+                 self.path, have, TRIGRAM_FORM)
+        self.rebuild_substrings(conn)
+
+    def rebuild_substrings(self, conn: Connection) -> None:
+        """Re-index every passage's text in the trigram table (it is derived from ``chunks``)."""
+        conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} ({TRIGRAM_TABLE}) VALUES ('delete-all')")
+        self._fill_trigrams(conn)
+        self.set_state(conn, "trigram_form", TRIGRAM_FORM)
+
+    def _insert_substrings(self, conn: Connection, rows: Sequence[tuple[int, str]]) -> None:
+        if rows:
+            conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} (rowid, text) VALUES (?, ?)", _trigram_rows(rows))
+
+    def _delete_substrings(self, conn: Connection, ids: Sequence[int]) -> None:
+        rows = conn.exec_driver_sql(
+            f"SELECT id, text FROM chunks WHERE id IN ({','.join(str(int(i)) for i in ids)})").fetchall()
+        if rows:
+            conn.exec_driver_sql(f"INSERT INTO {TRIGRAM_TABLE} ({TRIGRAM_TABLE}, rowid, text) VALUES ('delete', ?, ?)",
+                                 _trigram_rows(rows))
+
+    def has_substrings(self, conn: Connection) -> bool:
+        return conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                    (TRIGRAM_TABLE,)).first() is not None
+
+    def substring_bm25(self, conn: Connection, phrases: Sequence[str], k: int, flt: Filter | None = None
+                       ) -> list[tuple[int, float]]:
+        if not phrases or k <= 0:
+            return []
+        # Each phrase quoted (a substring: an FTS5 phrase of its trigrams), ORed.
+        match = fts5_match(phrases)
+        q = select(_trigrams.c.rowid, _tri_bm25).where(literal_column(TRIGRAM_TABLE).op("MATCH")(match))
+        if flt is not None:
+            q = q.where(_trigrams.c.rowid.in_(self._filtered_ids(flt)))
+        q = q.order_by(_tri_bm25, _trigrams.c.rowid).limit(int(k))
+        return [(int(r[0]), -float(r[1])) for r in conn.execute(q)]
 
     # ------------------------------------------------------------------ filters
     def _glob(self, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from mitsuke.cli.formats import format_config, format_options
 from mitsuke.cli.options import CONTEXT, index_option, json_option
 
 __all__ = ["index", "chunk"]
@@ -37,9 +38,11 @@ __all__ = ["index", "chunk"]
 @click.option("--dtype", default="auto", show_default=True,
               help="Embedding dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a model's own Python code to run (off by default).")
+@format_options
 @json_option
 def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens, max_chars, overlap, ann,
-          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json):
+          nlist, batch_docs, compact_min_rows, device, dtype, trust_remote_code, as_json, csv_mode, csv_column,
+          pdf_max_pages):
     """Index files, directories (recursive) or '-' (JSONL on stdin) into --index DIR.
 
     Unchanged documents are skipped, changed ones replaced; re-running after an
@@ -63,6 +66,7 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     embed = EmbedConfig(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
     started = time.monotonic()
     ann_config = AnnConfig(kind=ann or "auto", nlist=nlist) if ann or nlist else None
     builder = IndexBuilder.open(index_dir, model, chunking=chunking, ann=ann_config, embed=embed,
@@ -81,7 +85,7 @@ def index(paths, index_dir, model, prune, include, exclude, encoding, max_tokens
                 bar.update(n)
         builder.on_progress = on_progress
     with builder:
-        builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding)
+        builder.add_paths(paths, include=include, exclude=exclude, encoding=encoding, formats=formats)
         if prune:
             builder.prune()
     if bar is not None:
@@ -129,8 +133,10 @@ def _tokens(bar, n: int) -> str:
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--encoding", default=None, help="Force a text encoding (e.g. cp932) instead of detecting it.")
+@format_options
 @json_option
-def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json):
+def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encoding, as_json, csv_mode, csv_column,
+          pdf_max_pages):
     """Preview how PATHs would be chunked, without building an index.
 
     With --json, one object per line: doc_key, chunk_index, char_start,
@@ -147,6 +153,7 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     from mitsuke.indexer.chunking import Chunker
     from mitsuke.indexer.config import ChunkConfig
     from mitsuke.indexer.loaders import LoadFailure, iter_documents
+    from mitsuke.indexer.pages import pages_of
 
     lexical = model.lower() == "none"
     if max_chars is not None and not lexical:
@@ -169,14 +176,17 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     failed = 0
-    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding):
+    formats = format_config(csv_mode, csv_column, pdf_max_pages)
+    for item in iter_documents(paths, include=include, exclude=exclude, encoding=encoding, formats=formats):
         if isinstance(item, LoadFailure):
             failed += 1
             click.echo(f"failed: {item.path}: {item.reason}", err=True)
             continue
-        for c in chunker.chunk(item.text, markdown=item.source_type == "markdown"):
+        for c in chunker.chunk(item.text, markdown=item.has_headings, breaks=item.page_starts):
             if as_json:
-                click.echo(json.dumps({"doc_key": item.key, **c.to_dict()}, ensure_ascii=False))
+                pages = pages_of(item.page_starts, c.char_start, c.char_end)
+                click.echo(json.dumps({"doc_key": item.key, **c.to_dict(), **({"pages": list(pages)} if pages else {})},
+                                      ensure_ascii=False))
             else:
                 head = " > ".join(c.headings)
                 click.echo(f"{item.key}#{c.index} [{c.char_start}:{c.char_end}] {c.token_count} "

@@ -35,7 +35,7 @@ def search(query, index_dir, cache_dir, k, mode, no_rerank, where, candidates, n
     Each result shows its rank, score, title, document key and character range,
     and a snippet with the query's terms marked. --json prints a list of
     objects with rank, score, doc_key, title, text, char_start, char_end,
-    chunk_id, headings, metadata and the per-leg scores and ranks.
+    chunk_id, headings, metadata, pages (PDF: [first, last]) and the per-leg scores and ranks.
 
     \b
     Examples:
@@ -65,8 +65,9 @@ def search(query, index_dir, cache_dir, k, mode, no_rerank, where, candidates, n
     marks = _query_marks(query)
     for i, h in enumerate(hits, 1):
         heading = " > ".join(h.headings)
+        page = "" if not h.pages else f" p.{h.pages[0]}" + (f"-{h.pages[1]}" if h.pages[1] != h.pages[0] else "")
         click.echo(click.style(f"{i:>2}. {h.score:.4f}  {h.title or h.doc_key}", bold=True)
-                   + f"  [{h.doc_key} {h.char_start}:{h.char_end}]" + (f"  {heading}" if heading else ""))
+                   + f"  [{h.doc_key} {h.char_start}:{h.char_end}{page}]" + (f"  {heading}" if heading else ""))
         click.echo("    " + _snippet(h.text, marks))
 
 
