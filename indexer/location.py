@@ -25,7 +25,7 @@ from typing import Any
 
 from mitsuke.indexer.errors import MitsukeError
 
-__all__ = ["PgLocation", "parse_location", "is_url", "default_cache_dir", "DEFAULT_SCHEMA", "CACHE_ENV"]
+__all__ = ["PgLocation", "parse_location", "is_url", "display", "default_cache_dir", "DEFAULT_SCHEMA", "CACHE_ENV"]
 
 DEFAULT_SCHEMA = "mitsuke"
 CACHE_ENV = "MITSUKE_CACHE"
@@ -96,6 +96,20 @@ def parse_location(value: str | os.PathLike[str]) -> Path | PgLocation:
         raise MitsukeError(f"index URL {render_url(url)} names no database: "
                            "add /DBNAME after the host")
     return PgLocation(url.difference_update_query(["schema"]), schema)
+
+
+def display(value: str | os.PathLike[str]) -> str:
+    """How to print an index location: a directory as given, a URL without its password.
+
+    >>> display("postgresql://u:pw@h/db")
+    'postgresql+psycopg://u:***@h/db?schema=mitsuke'
+    """
+    if not is_url(value):
+        return str(value)
+    try:
+        return parse_location(value).display
+    except MitsukeError:
+        return str(value).split("://", 1)[0] + "://***"
 
 
 def default_cache_dir(location: PgLocation) -> Path:

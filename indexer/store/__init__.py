@@ -16,6 +16,7 @@ Layout - the seam a second dialect plugs into:
   rows by id, vector rows, neighbours for context, filtered ids and vectors,
   counts, evaluation spans - plus ``begin()`` (a write transaction) and
   ``snapshot()`` (a ``Snapshot``: one read transaction = one generation).
+- ``listing.ListingMixin``: documents by key for a reader to browse (``mitsuke serve``).
 - ``paging.PagingMixin``: page starts of paged documents (PDF), pages of a chunk.
 - ``hooks.DialectHooks``: the list of what a dialect supplies.
 - ``sqlite.SqliteStore``: SQLite's own parts - connection PRAGMAs, WAL, the

@@ -16,6 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Alias, Select
 
 from mitsuke.indexer.store.hooks import DialectHooks
+from mitsuke.indexer.store.listing import ListingMixin
 from mitsuke.indexer.store.paging import PagingMixin
 from mitsuke.indexer.store.schema import (
     BUILTIN_FIELDS, ChunkPiece, ChunkRow, Filter, batches, chunks, deleted_chunks, documents,
@@ -50,7 +51,7 @@ MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_substrings]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SqlStore(DialectHooks, PagingMixin):
+class SqlStore(DialectHooks, ListingMixin, PagingMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
     Write methods take the ``Connection`` of a ``begin()`` block; read methods
@@ -376,3 +377,13 @@ class Snapshot:
 
     def page_starts_of_chunks(self, chunk_ids: Iterable[int]) -> dict[str, tuple[int, ...]]:
         return self.store.page_starts_of_chunks(self.conn, chunk_ids)
+
+    def list_documents(self, *, offset: int = 0, limit: int = 100, prefix: str | None = None
+                       ) -> list[dict[str, Any]]:
+        return self.store.list_documents(self.conn, offset=offset, limit=limit, prefix=prefix)
+
+    def count_documents(self, prefix: str | None = None) -> int:
+        return self.store.count_documents(self.conn, prefix)
+
+    def document_chunks(self, key: str) -> tuple[dict[str, Any], list[ChunkRow]] | None:
+        return self.store.document_chunks(self.conn, key)

@@ -1,9 +1,10 @@
-"""The ``mitsuke`` command: index, search, info, eval, chunk.
+"""The ``mitsuke`` command: index, search, info, eval, chunk, serve, mcp.
 
 The CLI sits above both sides of the library and imports downward only:
 ``mitsuke.cli.index`` (``index``, ``chunk``) uses the write side
 (``mitsuke.indexer``), ``mitsuke.cli.search``, ``.info`` and ``.evaluate`` the
-read side (``mitsuke.search``); neither side imports the CLI. Each command
+read side (``mitsuke.search``), ``mitsuke.cli.serve`` (``serve``, ``mcp``) the
+service above it (``mitsuke.server``); neither side imports the CLI. Each command
 module defines plain ``click`` commands; this module owns the group, logging
 and the one place a ``MitsukeError`` becomes a one-line message. Heavy imports
 (torch, FAISS, SQLAlchemy) happen inside the commands, so ``mitsuke --help``
@@ -17,7 +18,7 @@ import sys
 import click
 
 from mitsuke import __version__
-from mitsuke.cli import evaluate, index, info, search
+from mitsuke.cli import evaluate, index, info, search, serve
 from mitsuke.cli.options import CONTEXT
 from mitsuke.indexer.errors import MitsukeError
 
@@ -57,7 +58,7 @@ def cli(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd):
+for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd, serve.serve, serve.mcp):
     cli.add_command(_command)
 del _command
 
