@@ -44,6 +44,7 @@ from mitsuke.indexer.errors import IndexFormatError, MitsukeError, ModelMismatch
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION, passage_terms
 from mitsuke.indexer.loaders import Document, LoadFailure, iter_documents
 from mitsuke.indexer.manifest import WriterLock, fault_point, read_manifest, write_manifest
+from mitsuke.indexer.protocol import check_embedder, model_record
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import MetadataStore
 from mitsuke.indexer.vectors import VectorStore
@@ -178,6 +179,8 @@ class IndexBuilder:
             embed = embed or EmbedConfig()
             wanted = model if model is not None else (
                 (manifest["model"]["name"] if manifest.get("model") else "none") if manifest else DEFAULT_MODEL)
+            if embedder is not None:
+                check_embedder(embedder)
             if embedder is not None and model is None:
                 wanted = embedder.info.name  # a ready embedder names its own model
             lexical_only = str(wanted).lower() == "none"
@@ -215,7 +218,7 @@ class IndexBuilder:
                     raise MitsukeError(f"chunking settings: {exc}") from None
                 manifest = {
                     "created_at": time.time(),
-                    "model": embedder.info.to_dict() if embedder else None,
+                    "model": model_record(embedder) if embedder else None,
                     "chunking": (chunking or ChunkConfig()).__dict__.copy(),
                     "ann_config": (ann or AnnConfig()).__dict__.copy(),
                     # FTS5 terms are only comparable with queries analysed the same way.

@@ -29,13 +29,14 @@ from mitsuke.indexer.errors import (
 if TYPE_CHECKING:
     from mitsuke.indexer.builder import IndexBuilder, IndexSummary
     from mitsuke.indexer.loaders import Document
+    from mitsuke.indexer.protocol import EmbedderInfoProtocol, EmbedderProtocol
     from mitsuke.search.results import Passage
     from mitsuke.search.searcher import Searcher
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "IndexBuilder", "IndexSummary", "Searcher", "Passage", "Document",
+    "IndexBuilder", "IndexSummary", "Searcher", "Passage", "Document", "EmbedderProtocol", "EmbedderInfoProtocol",
     "MitsukeError", "LoadError", "ModelError", "IndexFormatError", "ModelMismatchError", "LockedError",
     "QueryError", "__version__",
 ]
@@ -48,6 +49,8 @@ _LAZY = {
     "Document": "mitsuke.indexer.loaders",
     "Searcher": "mitsuke.search.searcher",
     "Passage": "mitsuke.search.results",
+    "EmbedderProtocol": "mitsuke.indexer.protocol",
+    "EmbedderInfoProtocol": "mitsuke.indexer.protocol",
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mitsuke import __version__
+from mitsuke.cli_tune import describe_defaults, fusion_kwargs, fusion_options, tune_cmd
 from mitsuke.indexer.errors import MitsukeError
 
 __all__ = ["main", "cli"]
@@ -173,16 +174,12 @@ def _tokens(bar, n: int) -> str:
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order (skip exact cosine over stored vectors).")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Filter on document metadata or doc_key (glob), title, source_type, source (repeatable, ANDed).")
-@click.option("--candidates", type=click.IntRange(min=1), default=None,
-              help="Dense candidates rescored exactly / per leg in hybrid mode (default: 10 × k).")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit (default: the manifest's).")
-@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
-              help="How hybrid mode combines dense and lexical results: reciprocal ranks or normalised scores.")
-@click.option("--weights", default=None, metavar="DENSE,LEXICAL",
-              help="Hybrid leg weights, e.g. 0.3,1 to trust BM25 more than a weak model (default 1,1).")
+@fusion_options
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device, as_json):
+def search(query, index_dir, k, mode, no_rerank, where, nprobe, fusion, weights, rrf_k, norm, candidates, device,
+           as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
     Each result shows its rank, score, title, document key and character range,
@@ -200,15 +197,10 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     from mitsuke.search.filters import parse_where
     from mitsuke.search.searcher import Searcher
 
-    w = None
-    if weights is not None:
-        try:
-            w = [float(x) for x in weights.split(",")]
-        except ValueError:
-            raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
+    fk = fusion_kwargs(fusion, weights, rrf_k, norm, candidates)
     with Searcher.open(index_dir, device=device) as s:
-        hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=parse_where(list(where)) or None,
-                        candidates=candidates, nprobe=nprobe, fusion=fusion, weights=w)
+        hits = s.search(query, k=k, mode=mode, rerank=False if no_rerank else None,
+                        where=parse_where(list(where)) or None, nprobe=nprobe, **fk)
     if as_json:
         click.echo(json.dumps([h.to_dict(rank=i) for i, h in enumerate(hits, 1)], ensure_ascii=False, indent=1))
         return
@@ -313,6 +305,8 @@ def info(index_dir, as_json):
         params = ", ".join(f"{k} {v}" for k, v in ann.items() if k not in ("dim", "metric") and v)
         click.echo(f"ann         {params}")
     click.echo(f"generation  {data['generation']}")
+    if data["model"]:
+        click.echo(f"search      {describe_defaults(data.get('search_defaults'))}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<18}{size:>12,} bytes")
 
@@ -327,14 +321,14 @@ def info(index_dir, as_json):
 @mode_option
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order.")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit (default: the manifest's).")
-@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
-              help="How hybrid mode combines dense and lexical ranks.")
+@fusion_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N usable questions.")
 @click.option("--per-query", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write per-question results (JSONL: ranks of the first hits, top 10) to this file.")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embeddings.")
 @json_option
-def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per_query, device, as_json):
+def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, weights, rrf_k, norm, candidates, limit,
+             per_query, device, as_json):
     """Score retrieval on a QA set: span/answer/document hit@k, MRR@10, nDCG@10, latency.
 
     Questions are matched to documents by doc_id = the key they were indexed
@@ -358,8 +352,8 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
         raise click.UsageError(f"-k {ks!r}: cut-offs must be integers of at least 1, such as 1,5,10")
     qs = load_queries(queries)
     with Searcher.open(index_dir, device=device) as s:
-        report = evaluate(s, qs, cutoffs, mode=mode, rerank=not no_rerank, per_query=bool(per_query),
-                          limit=limit, nprobe=nprobe, fusion=fusion)
+        report = evaluate(s, qs, cutoffs, mode=mode, rerank=False if no_rerank else None, per_query=bool(per_query),
+                          limit=limit, nprobe=nprobe, **fusion_kwargs(fusion, weights, rrf_k, norm, candidates))
     if per_query:
         with open(per_query, "w", encoding="utf-8") as fh:
             for row in report.per_query:
@@ -380,6 +374,8 @@ def _eval_table(report) -> list[str]:
              + (f", {c['title_questions']} answer_is_title scored apart" if c["title_questions"] else ""),
              f"mode     {st['mode']}{rerank}  depth {st['depth']}" + (f"  limit {st['limit']}" if st["limit"] else ""),
              ""]
+    if st.get("fusion"):
+        lines.insert(3, f"fusion   {describe_defaults({k: st[k] for k in ('fusion', 'weights', 'rrf_k', 'norm', 'candidates') if k in st})}")
     ks = st["ks"]
     lines.append(f"{'':<14}{'n':>6}" + "".join(f"{'@' + str(k):>9}" for k in ks))
     for family, label in (("span", "span hit"), ("answer", "answer hit"), ("doc", "doc hit")):
@@ -471,6 +467,9 @@ def chunk(paths, max_tokens, max_chars, overlap, model, include, exclude, encodi
                            + (f"({head}) " if head else "") + " ".join(c.text.split())[:80])
     if failed:
         sys.exit(1)
+
+
+cli.add_command(tune_cmd)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from mitsuke.indexer.recovery import catch_up_ann, load_ann, rebuild_ann
 from mitsuke.indexer.store import ChunkRow, MetadataStore
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.filters import Filter, compile_where, filtered_vectors
-from mitsuke.search.fusion import FUSIONS, check_weights, fuse
+from mitsuke.search.fusion import DEFAULT_SETTINGS, FusionSettings, check_settings, fuse, resolve
 from mitsuke.search.lexical import bm25_search
 from mitsuke.search.rerank import exact_scores, exact_top_k
 from mitsuke.search.results import Passage
@@ -85,11 +85,16 @@ class Searcher:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], *, device: str = "auto", embedder=None,
-                 dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> None:
-        if fusion not in FUSIONS:
-            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.fusion = fusion
-        self.weights = tuple(check_weights(weights))
+                 dtype: str = "auto", fusion: str | None = None, weights: Sequence[float] | None = None,
+                 **settings: Any) -> None:
+        given = check_settings(FusionSettings(fusion=fusion, weights=None if weights is None else tuple(weights),
+                                              **settings))
+        saved = FusionSettings.from_dict(manifest.get("search_defaults"), f"{path}/manifest.json search_defaults")
+        #: The hybrid settings of every search: Searcher.open's arguments, else the
+        #: index's saved defaults (``mitsuke tune --save``), else DEFAULT_SETTINGS.
+        self.defaults = resolve(given, resolve(saved, DEFAULT_SETTINGS))
+        self.fusion = self.defaults.fusion
+        self.weights = self.defaults.weights
         self.path = path
         self.manifest = manifest
         self.store = MetadataStore(path / META_FILE, readonly=True)
@@ -114,11 +119,17 @@ class Searcher:
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None, embedder=None,
-             dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None) -> "Searcher":
+             dtype: str = "auto", fusion: str | None = None, weights: Sequence[float] | None = None,
+             rrf_k: int | None = None, norm: str | None = None, candidates: int | None = None,
+             rerank: bool | None = None) -> "Searcher":
         """Open an index for reading. ``model`` may only restate the index's own model.
 
-        ``fusion`` and ``weights`` (dense, lexical) are the hybrid defaults for
-        every search of this Searcher; each call may override them.
+        ``fusion``, ``weights`` (dense, lexical), ``rrf_k``, ``norm``,
+        ``candidates`` and ``rerank`` are the defaults of every search of this
+        Searcher (each call may override them); left None, the index's saved
+        ``search_defaults`` (``mitsuke tune --save``) apply, else mitsuke's
+        (``search.fusion.DEFAULT_SETTINGS``). ``embedder`` is any object of the
+        ``mitsuke.EmbedderProtocol``.
         """
         path = Path(path)
         manifest = read_manifest(path)
@@ -129,11 +140,16 @@ class Searcher:
         if model is not None and str(model) != str(have or "none"):
             raise ModelMismatchError(f"index {path} was built with model {have or 'none'!r}; "
                                      f"it cannot be queried with {model!r}")
+        if embedder is not None:
+            from mitsuke.indexer.protocol import check_embedder
+
+            check_embedder(embedder)
         if embedder is not None and have is not None and (
                 str(embedder.info.name) != str(have) or embedder.dim != int(manifest["model"]["dim"])):
             raise ModelMismatchError(f"index {path} was built with model {have!r}; it cannot be queried "
                                      f"with {embedder.info.name!r} ({embedder.dim}-dim)")
-        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights)
+        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights,
+                   rrf_k=rrf_k, norm=norm, candidates=candidates, rerank=rerank)
 
     def close(self) -> None:
         self.store.close()
@@ -198,35 +214,41 @@ class Searcher:
             return self._ann
 
     # ------------------------------------------------------------------ search
-    def search(self, query: str, k: int = 10, *, mode: str | None = None, rerank: bool = True,
+    def search(self, query: str, k: int = 10, *, mode: str | None = None, rerank: bool | None = None,
                candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
-               fusion: str | None = None, weights: Sequence[float] | None = None) -> list[Passage]:
+               fusion: str | None = None, weights: Sequence[float] | None = None, rrf_k: int | None = None,
+               norm: str | None = None) -> list[Passage]:
         """Top ``k`` passages for ``query``, best first.
 
         - ``mode``: ``hybrid`` (default for indexes with a model), ``dense`` or
           ``lexical`` (default for lexical-only indexes; dense or hybrid on one
           is a QueryError).
         - ``rerank``: dense candidates (``candidates``, default ``k × 10``) are
-          rescored by exact cosine over their stored float16 vectors; ``False``
-          keeps the ANN order and scores.
+          rescored by exact cosine over their stored float16 vectors (default);
+          ``False`` keeps the ANN order and scores. In hybrid mode
+          ``candidates`` is the depth of each leg.
         - ``nprobe``: IVF cells to visit (default: the manifest's).
         - ``where``: filters on document metadata and the built-in fields
           ``doc_key`` (glob), ``title``, ``source_type``, ``source`` (see
           ``search.filters``); k passages come back whenever k match.
-        - ``fusion``: ``rrf`` (default) or ``weighted``; ``weights`` are
-          (dense, lexical) — see ``search.fusion``. Both default to the values
-          given to ``Searcher.open``.
+        - ``fusion``: ``convex`` (default), ``rrf`` or ``weighted``; ``weights``
+          are (dense, lexical), ``rrf_k`` the RRF constant, ``norm`` the convex
+          normalisation (``tmm`` or ``minmax``) — see ``search.fusion``. Left
+          None, every setting comes from ``self.defaults`` (Searcher.open's
+          arguments, the index's saved ``search_defaults``, mitsuke's defaults).
 
         ``Passage.score`` is the cosine (dense), the BM25 score (lexical) or the
         fused score (hybrid); ``dense_score``/``lexical_score`` and the ranks keep
         each leg's view. An empty query returns no passages.
         """
         return self.search_batch([query], k, mode=mode, rerank=rerank, candidates=candidates, nprobe=nprobe,
-                                 where=where, fusion=fusion, weights=weights)[0]
+                                 where=where, fusion=fusion, weights=weights, rrf_k=rrf_k, norm=norm)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = 10, *, mode: str | None = None, rerank: bool = True,
-                     candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
-                     fusion: str | None = None, weights: Sequence[float] | None = None) -> list[list[Passage]]:
+    def search_batch(self, queries: Sequence[str], k: int = 10, *, mode: str | None = None,
+                     rerank: bool | None = None, candidates: int | None = None, nprobe: int | None = None,
+                     where: dict[str, Any] | None = None, fusion: str | None = None,
+                     weights: Sequence[float] | None = None, rrf_k: int | None = None,
+                     norm: str | None = None) -> list[list[Passage]]:
         """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
         if isinstance(queries, str):
             raise QueryError("search_batch takes a list of queries, got one string: use search(query) instead")
@@ -236,13 +258,16 @@ class Searcher:
                 raise QueryError(f"a query must be a string, got {type(q).__name__}: {q!r:.60}")
         mode = self._check_mode(mode)
         k = _positive_int("k", k)
-        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * CANDIDATE_FACTOR, k)
+        if candidates is not None:
+            candidates = _positive_int("candidates", candidates)
+        st = check_settings(FusionSettings(fusion, None if weights is None else tuple(weights), rrf_k, norm,
+                                           candidates, rerank))
+        st = resolve(st, self.defaults)
+        # Saved/opened candidate depths are hybrid leg depths; dense mode keeps k × 10 unless told.
+        pool = max(candidates or (st.candidates if mode == "hybrid" else None) or k * CANDIDATE_FACTOR, k)
+        rerank = bool(st.rerank)
         if nprobe is not None:
             nprobe = _positive_int("nprobe", nprobe)
-        fusion = self.fusion if fusion is None else fusion
-        if fusion not in FUSIONS:
-            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        weights = check_weights(self.weights if weights is None else weights)
         flt = compile_where(where)
         if not queries:
             return []
@@ -284,9 +309,40 @@ class Searcher:
                     missing = [c for c, _ in lexical if c not in have]
                     extra = self._cosines(conn, qvecs[qi], missing)
                     dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
-                    ranked = fuse(dense_all if fusion == "weighted" else dense, lexical, fusion, weights)
+                    ranked = fuse(dense if st.fusion == "rrf" else dense_all, lexical, st.fusion, st.weights,
+                                  rrf_k=st.rrf_k, norm=st.norm)
                 results[qi] = self._passages(conn, ranked[:k], dense, lexical, extra)
         return results
+
+    def legs(self, queries: Sequence[str], depth: int, *, rerank: bool = True, nprobe: int | None = None
+             ) -> list[tuple[list[tuple[int, float]], list[tuple[int, float]], dict[int, float]]]:
+        """Both legs of a hybrid search of each query at ``depth``, unfused (``mitsuke tune`` fuses them).
+
+        Per query: the dense leg (chunk id, cosine), the lexical leg (chunk id,
+        BM25), and the exact cosine of every lexical candidate missing from the
+        dense leg. Truncated to a smaller depth d, they are what a hybrid search
+        with ``candidates=d`` fuses (exactly so on a flat index; with IVF-PQ the
+        deeper ANN search may find a few more true neighbours).
+        """
+        self._check_mode("hybrid")
+        depth = _positive_int("depth", depth)
+        queries = [_encodable(q) for q in queries]
+        out: list[tuple[list[tuple[int, float]], list[tuple[int, float]], dict[int, float]]] = []
+        if not queries:
+            return out
+        with self._encode_lock:
+            qvecs = self.embedder.encode_queries(queries)
+        with self.store.engine.connect() as conn:
+            generation = self.store.generation(conn)
+            self.vectors.bind(self.store.vectors_epoch(conn))
+            dense_legs = self._dense(conn, generation, np.asarray(qvecs), depth, depth, rerank, nprobe, None)
+            n_docs = self._chunk_count(conn, generation)
+            for qi, q in enumerate(queries):
+                dense = dense_legs[qi]
+                lexical = bm25_search(conn, q, depth, None, n_docs=n_docs) if q.strip() else []
+                have = {c for c, _ in dense}
+                out.append((dense, lexical, self._cosines(conn, qvecs[qi], [c for c, _ in lexical if c not in have])))
+        return out
 
     def _chunk_count(self, conn, generation: int) -> int:
         """Number of passages at ``generation`` (counted once per generation)."""
@@ -414,6 +470,7 @@ class Searcher:
             "ann_generation": ann.get("generation"),
             "generation": generation,
             "chunking": manifest.get("chunking"),
+            "search_defaults": manifest.get("search_defaults"),
             "files": files,
         }
 
