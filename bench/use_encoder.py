@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["USEEmbedder", "USE_NAME", "USE_DIM", "CACHE"]
+__all__ = ["USEEmbedder", "CachedEmbedder", "USE_NAME", "USE_DIM", "CACHE"]
 
 log = logging.getLogger("mitsuke.bench")
 
@@ -135,3 +135,58 @@ class USEEmbedder:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+class CachedEmbedder:
+    """Any protocol embedder with its vectors cached in the same SQLite file, keyed by model name and text.
+
+    The fusion benchmark wraps the tiny random model in it, so the pooled index
+    reuses the vectors of the two single-set indexes.
+    """
+
+    def __init__(self, inner, cache: str | Path = CACHE) -> None:
+        self.inner = inner
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(cache), check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS vec (key BLOB PRIMARY KEY, v BLOB NOT NULL)")
+        self._db.commit()
+        self._prefix = (str(inner.info.name) + "\0").encode("utf-8")
+
+    @property
+    def info(self):
+        return self.inner.info
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.count_tokens(texts)
+
+    def encode_documents(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._cached(texts, self.inner.encode_documents, b"d")
+
+    def encode_queries(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return self._cached(texts, self.inner.encode_queries, b"q")
+
+    def _cached(self, texts: Sequence[str], fn, kind: bytes) -> np.ndarray:
+        texts = list(texts)
+        keys = [hashlib.sha1(self._prefix + kind + t.encode("utf-8", "surrogatepass")).digest() for t in texts]
+        found: dict[bytes, np.ndarray] = {}
+        uniq = list(set(keys))
+        for i in range(0, len(uniq), 500):
+            part = uniq[i:i + 500]
+            rows = self._db.execute(f"SELECT key, v FROM vec WHERE key IN ({','.join('?' * len(part))})", part)
+            found.update((bytes(k), np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, k in enumerate(keys):
+            if k in found:
+                out[i] = found[k]
+        if missing:
+            vecs = np.asarray(fn([texts[i] for i in missing]), dtype=np.float32)
+            out[missing] = vecs
+            self._db.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)",
+                                 [(keys[i], vecs[j].tobytes()) for j, i in enumerate(missing)])
+            self._db.commit()
+        return out

@@ -179,7 +179,8 @@ def _group_ranks(q: _Q, fusion: str, norm: str, rrf_k: int, cand: int, weights: 
     lmask = in_l[keep]
     if fusion == "convex":
         lo_d = cos.min() if norm == "minmax" else min(LEG_MIN[0], cos.min())
-        lo_l = bm[lmask].min() if norm == "minmax" else min(0.0, bm[lmask].min() if lmask.any() else 0.0)
+        low = bm[lmask].min() if lmask.any() else 0.0
+        lo_l = low if norm == "minmax" else min(0.0, low)
         total = wd + wl
         wd, wl = wd / total, wl / total
     else:  # weighted: min-max dense, max-normalised BM25

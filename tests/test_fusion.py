@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def legs_strategy():
 weights_strategy = st.tuples(st.floats(0, 10), st.floats(0, 10)).filter(lambda w: w[0] + w[1] > 1e-3)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(legs_strategy(), weights_strategy, st.sampled_from(["tmm", "minmax"]))
 def test_convex_scores_lie_in_0_1_cover_the_union_and_are_sorted(legs, w, norm):
     dense, lexical = legs
@@ -59,7 +60,7 @@ def test_convex_scores_lie_in_0_1_cover_the_union_and_are_sorted(legs, w, norm):
     assert out == sorted(out, key=lambda x: (-x[1], x[0]))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(legs_strategy(), weights_strategy, st.floats(0.01, 100), st.sampled_from(["tmm", "minmax"]))
 def test_convex_ranking_ignores_the_scale_of_the_weights(legs, w, scale, norm):
     dense, lexical = legs
@@ -68,7 +69,7 @@ def test_convex_ranking_ignores_the_scale_of_the_weights(legs, w, scale, norm):
     assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-9)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(legs_strategy(), st.sampled_from(["tmm", "minmax"]))
 def test_a_leg_with_all_the_weight_decides_the_order(legs, norm):
     dense, lexical = legs
@@ -84,7 +85,7 @@ def test_a_leg_with_all_the_weight_decides_the_order(legs, norm):
     assert all(a >= b - 1e-12 for a, b in zip(got, got[1:]))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(legs_strategy(), weights_strategy, st.floats(0.1, 20), st.floats(-5, 5))
 def test_minmax_is_blind_to_affine_rescaling_and_tmm_to_scaling_bm25(legs, w, a, b):
     dense, lexical = legs
@@ -96,7 +97,7 @@ def test_minmax_is_blind_to_affine_rescaling_and_tmm_to_scaling_bm25(legs, w, a,
     assert [s for _, s in convex([dense, lex_scaled], w, "tmm")] == pytest.approx([s for _, s in base], abs=1e-9)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(legs_strategy(), weights_strategy, st.sampled_from(["tmm", "minmax"]), st.floats(0, 1))
 def test_raising_a_passage_lexical_score_never_lowers_its_fused_score(legs, w, norm, bump):
     dense, lexical = legs
@@ -219,18 +220,16 @@ def test_tune_save_round_trip_through_the_cli(jsq, tmp_path):
     shutil.copytree(idx, copy)
     before = run("info", "--index", copy)
     assert "search      mitsuke's (convex" in before.output
-    r = run("tune", "--index", copy, "--queries", questions, "--folds", "3", "--top", "5")
+    r = run("tune", "--index", copy, "--queries", questions, "--folds", "3", "--top", "5", "--save")
     assert r.exit_code == 0, r.output
-    assert "3-fold cross-validation" in r.output and "lexical only" in r.output and "--save" in r.output
-    assert "search_defaults" not in read_manifest(copy)  # not saved without --save
-    data = json.loads(run("tune", "--index", copy, "--queries", questions, "--folds", "3", "--save",
-                          "--json").stdout)
+    assert "3-fold cross-validation" in r.output and "lexical only" in r.output and "saved as" in r.output
     saved = read_manifest(copy)["search_defaults"]
-    assert saved == data["saved"] and saved["tuned"]["questions"] == data["counts"]["scored"] >= 25
     chosen = FusionSettings.from_dict(saved)
-    assert chosen.to_dict() == FusionSettings.from_dict(data["chosen"]).to_dict()
-    # Cross-validated, the choice is never worse than what it replaced.
-    assert data["cv_tuned"]["objective"] >= data["cv_default"]["objective"] or chosen.fusion == "convex"
+    assert saved["tuned"]["questions"] >= 25 and saved["tuned"]["folds"] == 3
+    assert f": {chosen.describe()}" in r.output
+    # A new setting is recommended only when it won cross-validated.
+    if chosen.to_dict() != replace(DEFAULT_SETTINGS, candidates=100).to_dict():
+        assert saved["tuned"]["cv_objective"] > saved["tuned"]["cv_objective_before"]
     info = run("info", "--index", copy)
     assert f"search      {chosen.describe()}" in info.output and "tuned on" in info.output
     assert json.loads(run("info", "--index", copy, "--json").stdout)["search_defaults"] == saved
@@ -243,12 +242,6 @@ def test_tune_save_round_trip_through_the_cli(jsq, tmp_path):
                               chosen.candidates).stdout)
     strip = lambda m: {k: v for k, v in m.items() if not k.startswith("latency")}  # noqa: E731
     assert strip(ev["metrics"]) == strip(explicit["metrics"])
-    # and tune's own figure for it is what eval measures.
-    top = {json.dumps(t["settings"], sort_keys=True): t["metrics"] for t in data["top"]}
-    key = json.dumps(chosen.to_dict(), sort_keys=True)
-    if key in top:
-        assert ev["metrics"]["span_hit@1"] == pytest.approx(top[key]["hit@1"])
-        assert ev["metrics"]["mrr@10"] == pytest.approx(top[key]["mrr@10"])
 
 
 def test_eval_weights_and_fusion_options(jsq):
