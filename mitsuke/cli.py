@@ -375,7 +375,8 @@ def _eval_table(report) -> list[str]:
              f"mode     {st['mode']}{rerank}  depth {st['depth']}" + (f"  limit {st['limit']}" if st["limit"] else ""),
              ""]
     if st.get("fusion"):
-        lines.insert(3, f"fusion   {describe_defaults({k: st[k] for k in ('fusion', 'weights', 'rrf_k', 'norm', 'candidates') if k in st})}")
+        used = {k: st[k] for k in ("fusion", "weights", "rrf_k", "norm", "candidates") if k in st}
+        lines.insert(3, f"fusion   {describe_defaults(used)}")
     ks = st["ks"]
     lines.append(f"{'':<14}{'n':>6}" + "".join(f"{'@' + str(k):>9}" for k in ks))
     for family, label in (("span", "span hit"), ("answer", "answer hit"), ("doc", "doc hit")):

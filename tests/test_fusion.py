@@ -21,7 +21,7 @@ from mitsuke.indexer.manifest import read_manifest
 from mitsuke.search import fusion
 from mitsuke.search.evaluate import load_queries, score_ranking
 from mitsuke.search.fusion import DEFAULT_SETTINGS, FusionSettings, convex, fuse
-from mitsuke.search.tune import collect, first_ranks, save_defaults, tune
+from mitsuke.search.tune import collect, first_ranks, save_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 JSQUAD = REPO.parent / "shared" / "eval" / "jsquad-dev"
@@ -148,7 +148,8 @@ def jsq(tmp_path_factory, tiny_model):
         dst.writelines(line for line in src if json.loads(line)["doc_id"] in SLICE)
     questions = tmp / "questions.jsonl"
     with open(JSQUAD / "queries.jsonl", encoding="utf-8") as src, open(questions, "w", encoding="utf-8") as dst:
-        lines = [line for line in src if json.loads(line)["doc_id"] in SLICE and not json.loads(line)["answer_is_title"]]
+        lines = [line for line in src
+                 if json.loads(line)["doc_id"] in SLICE and not json.loads(line)["answer_is_title"]]
         dst.writelines(lines[::4])  # ~30 questions, all seven articles: enough to tune, quick to search
     idx = tmp / "idx"
     r = run("index", corpus, "--index", idx, "--model", tiny_model, "--device", "cpu", "--json")
@@ -234,9 +235,10 @@ def test_tune_save_round_trip_through_the_cli(jsq, tmp_path):
     assert f"search      {chosen.describe()}" in info.output and "tuned on" in info.output
     assert json.loads(run("info", "--index", copy, "--json").stdout)["search_defaults"] == saved
     # eval now runs with the saved settings, and the same as passing them explicitly.
-    ev = json.loads(run("eval", "--index", copy, "--queries", questions, "-k", "1,5,10", "--json").stdout)
+    ev = json.loads(run("eval", "--index", copy, "--queries", questions, "-k", "1,5,10", "--limit", 12,
+                        "--json").stdout)
     assert ev["settings"]["fusion"] == chosen.fusion and ev["settings"]["weights"] == list(chosen.weights)
-    explicit = json.loads(run("eval", "--index", idx, "--queries", questions, "-k", "1,5,10", "--json",
+    explicit = json.loads(run("eval", "--index", idx, "--queries", questions, "-k", "1,5,10", "--limit", 12, "--json",
                               "--fusion", chosen.fusion, "--weights", ",".join(map(str, chosen.weights)),
                               "--rrf-k", chosen.rrf_k, "--norm", chosen.norm, "--candidates",
                               chosen.candidates).stdout)
@@ -246,17 +248,15 @@ def test_tune_save_round_trip_through_the_cli(jsq, tmp_path):
 
 def test_eval_weights_and_fusion_options(jsq):
     idx, questions = jsq
-    lexical = json.loads(run("eval", "--index", idx, "--queries", questions, "-k", "1,5", "--mode", "lexical",
-                             "--json").stdout)
-    only_lex = json.loads(run("eval", "--index", idx, "--queries", questions, "-k", "1,5", "--json",
-                              "--fusion", "convex", "--weights", "0,1").stdout)
+    base = ("eval", "--index", idx, "--queries", questions, "-k", "1,5", "--limit", 12)
+    lexical = json.loads(run(*base, "--mode", "lexical", "--json").stdout)
+    only_lex = json.loads(run(*base, "--json", "--fusion", "convex", "--weights", "0,1").stdout)
     assert only_lex["settings"]["weights"] == [0.0, 1.0] and only_lex["settings"]["fusion"] == "convex"
     assert only_lex["metrics"]["span_hit@1"] == lexical["metrics"]["span_hit@1"]
     assert only_lex["metrics"]["mrr@10"] == lexical["metrics"]["mrr@10"]
-    rrf = json.loads(run("eval", "--index", idx, "--queries", questions, "-k", "1,5", "--json",
-                         "--fusion", "rrf", "--weights", "1,1", "--rrf-k", "5").stdout)
+    rrf = json.loads(run(*base, "--json", "--fusion", "rrf", "--weights", "1,1", "--rrf-k", "5").stdout)
     assert rrf["settings"]["rrf_k"] == 5 and rrf["settings"]["fusion"] == "rrf"
-    text = run("eval", "--index", idx, "--queries", questions, "-k", "1,5", "--fusion", "rrf", "--rrf-k", "5")
+    text = run(*base, "--fusion", "rrf", "--rrf-k", "5")
     assert "fusion   rrf k=5 1:1" in text.output
     bad = CliRunner().invoke(cli, ["eval", "--index", str(idx), "--queries", str(questions), "--weights", "1"])
     assert bad.exit_code == 2 and "--weights" in bad.output
