@@ -212,6 +212,19 @@ def report(results: list[dict], started: dict, args) -> None:
                 mark = "**" if c == 100 else ""
                 lines.append(f"| {mark}default {lab}{mark} | {fmt(rows[lab])} |")
         lines.append("")
+    from mitsuke.search.tune import ALPHAS
+
+    names = [f"{r['set']} / {r['model']}" for r in results]
+    lines += ["### Convex (tmm) dense weight α, candidates 100: span hit@1 / hit@5", "",
+              "| α | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for a in ALPHAS:
+        lab = f"convex tmm {a:g}:{round(1 - a, 6):g}, candidates 100"
+        cells = []
+        for r in results:
+            row = next((x for x in r["rows"] if x["label"] == lab), None)
+            cells.append(f"{row['hit@1']:.3f} / {row['hit@5']:.3f}" if row else "")
+        lines.append(f"| {a:g} | " + " | ".join(cells) + " |")
+    lines.append("")
     lines += ["### Choosing the default", "",
               f"Rule: on every USE set, within {TOL_REAL} of the better leg at hit@1/5/10; on every tiny-model "
               f"set, within {TOL_USELESS} of lexical; among those, the best mean objective (mean of hit@1/5/10 "
