@@ -13,7 +13,6 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from servekit import MITSUKE, build_lexical, free_port, running_server
 
 pytest.importorskip("fastapi")
@@ -143,7 +142,7 @@ def test_micro_batcher_groups_same_options_and_reports_errors():
 @given(st.text(alphabet="豊岡市ﾄﾖｵｶｼトヨオカシｶﾞガＡａAa 「」😀\n", max_size=60),
        st.lists(st.sampled_from(["豊岡", "市", "トヨ", "ガ", "a", "「", "😀"]), max_size=4))
 def test_term_spans_are_ordered_in_bounds_and_match_after_normalisation(text, terms):
-    from mitsuke.server.highlight import term_spans
+    from mitsuke.search.highlight import term_spans
 
     spans = term_spans(text, sorted(set(terms), key=len, reverse=True))
     prev = 0

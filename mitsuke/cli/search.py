@@ -8,6 +8,7 @@ import click
 
 from mitsuke.cli.options import CONTEXT, MAX_K, index_option, json_option, mode_option
 from mitsuke.cli.terminal import printable
+from mitsuke.search.highlight import normalized_with_map, query_terms
 
 __all__ = ["search"]
 
@@ -83,7 +84,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     if not hits:
         click.echo(f"no results ({took_ms:.1f} ms)")
         return
-    marks = _query_marks(query)
+    marks = query_terms(query)
     for i, h in enumerate(hits, 1):
         heading = printable(" > ".join(h.headings))
         page = "" if not h.pages else f" p.{h.pages[0]}" + (f"-{h.pages[1]}" if h.pages[1] != h.pages[0] else "")
@@ -94,36 +95,6 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
     click.echo(took)
 
 
-def _query_marks(query: str) -> list[str]:
-    """The query's lexical terms worth marking (single ASCII letters would mark noise), longest first."""
-    from mitsuke.indexer.japanese import lexical_terms
-
-    return sorted({t for t in lexical_terms(query) if len(t) > 1 or not t.isascii()}, key=len, reverse=True)
-
-
-def _normalized_with_map(text: str) -> tuple[str, list[int], list[int]]:
-    """NFKC + lower-cased ``text`` and, per character of it, the original [start, end) it came from."""
-    import unicodedata
-
-    out: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    for i, ch in enumerate(text):
-        n = unicodedata.normalize("NFKC", ch).lower()
-        if out and n and unicodedata.combining(n[0]):
-            # A half-width ﾞ/ﾟ composes with the kana before it (ｶﾞ → ガ): renormalise the pair.
-            merged = unicodedata.normalize("NFKC", out[-1] + n)
-            if len(merged) == 1:
-                out[-1] = merged
-                ends[-1] = i + 1
-                continue
-        for c in n:
-            out.append(c)
-            starts.append(i)
-            ends.append(i + 1)
-    return "".join(out), starts, ends
-
-
 def _snippet(text: str, marks: list[str], width: int = 160) -> str:
     """``width`` characters around the first marked term, terms highlighted.
 
@@ -131,7 +102,7 @@ def _snippet(text: str, marks: list[str], width: int = 160) -> str:
     marked in the original characters, so ｶﾀｶﾅ is marked for a カタカナ query.
     """
     flat = " ".join(text.split())
-    norm, starts, ends = _normalized_with_map(flat)
+    norm, starts, ends = normalized_with_map(flat)
     spans: list[tuple[int, int]] = []
     if marks:
         pattern = re.compile("|".join(re.escape(t) for t in marks))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mitsuke.indexer.errors import MitsukeError, QueryError
-from mitsuke.server.highlight import query_terms, term_spans
+from mitsuke.search.highlight import query_terms, term_spans
 
 __all__ = ["SearchService", "NotFound", "NotReady", "rebuild_text"]
 

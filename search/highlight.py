@@ -1,5 +1,7 @@
 """Where a query's terms occur in a passage, as the lexical leg matched them (NFKC + lower case).
 
+Used by ``mitsuke search`` (snippets) and ``mitsuke serve`` (highlights).
+
 Offsets are into the original text, so ｶﾀｶﾅ in a passage is marked for a カタカナ query.
 """
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["query_terms", "term_spans"]
+__all__ = ["query_terms", "term_spans", "normalized_with_map"]
 
 
 def query_terms(query: str) -> list[str]:
@@ -17,7 +19,8 @@ def query_terms(query: str) -> list[str]:
     return sorted({t for t in lexical_terms(query) if len(t) > 1 or not t.isascii()}, key=lambda t: (-len(t), t))
 
 
-def _normalized_with_map(text: str) -> tuple[str, list[int], list[int]]:
+def normalized_with_map(text: str) -> tuple[str, list[int], list[int]]:
+    """NFKC + lower-cased ``text`` and, per character of it, the original [start, end) it came from."""
     out: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
@@ -40,7 +43,7 @@ def term_spans(text: str, terms: list[str]) -> list[list[int]]:
     """Non-overlapping ``[start, end)`` offsets into ``text`` of ``terms``, in order; adjacent ones merged."""
     if not terms or not text:
         return []
-    norm, starts, ends = _normalized_with_map(text)
+    norm, starts, ends = normalized_with_map(text)
     pattern = re.compile("|".join(re.escape(t) for t in terms))
     spans: list[list[int]] = []
     for m in pattern.finditer(norm):
