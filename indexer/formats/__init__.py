@@ -69,14 +69,18 @@ def load_format(path: Path, key: str, encoding: str | None,
 
         yield LoadFailure(str(path), missing)
         return
-    if suffix in PDF_SUFFIXES:
+    if suffix in PDF_SUFFIXES or suffix in DOCX_SUFFIXES:
+        # One document per file: a file that cannot be read is one failure naming it.
+        from mitsuke.indexer.documents import LoadFailure
+        from mitsuke.indexer.formats.docx import load_docx
         from mitsuke.indexer.formats.pdf import load_pdf
 
-        yield from load_pdf(path, key, options)
-    elif suffix in DOCX_SUFFIXES:
-        from mitsuke.indexer.formats.docx import load_docx
-
-        yield from load_docx(path, key)
+        try:
+            yield load_pdf(path, key, options) if suffix in PDF_SUFFIXES else load_docx(path, key)
+        except LoadError as exc:
+            yield LoadFailure(str(path), exc.reason)
+        except OSError as exc:
+            yield LoadFailure(str(path), f"cannot read: {exc.strerror or exc}")
     else:
         from mitsuke.indexer.formats.tabular import load_table
 

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitsuke.indexer.errors import LoadError
+
+if TYPE_CHECKING:
+    from mitsuke.indexer.documents import Document
 
 __all__ = ["docx_text", "load_docx", "check_zip", "MAX_UNCOMPRESSED", "MAX_RATIO", "MAX_MEMBERS"]
 
@@ -116,19 +119,12 @@ def docx_text(path: str | Path) -> tuple[str, str]:
     return "\n".join(lines), core_title or title
 
 
-def load_docx(path: Path, key: str) -> Iterator:
-    """One ``Document`` for the .docx at ``path``, or one ``LoadFailure``."""
-    from mitsuke.indexer.documents import Document, LoadFailure
+def load_docx(path: Path, key: str) -> Document:
+    """The ``Document`` of the .docx at ``path``; ``LoadError``/``OSError`` when it cannot be read."""
+    from mitsuke.indexer.documents import Document
 
-    try:
-        text, title = docx_text(path)
-        if not text.strip():
-            raise LoadError(str(path), "empty Word document: no paragraph or table text")
-    except LoadError as exc:
-        yield LoadFailure(str(path), exc.reason)
-        return
-    except OSError as exc:
-        yield LoadFailure(str(path), f"cannot read: {exc.strerror or exc}")
-        return
-    yield Document(key=key, text=text, title=title or path.stem, source=str(path), source_type="docx",
+    text, title = docx_text(path)
+    if not text.strip():
+        raise LoadError(str(path), "empty Word document: no paragraph or table text")
+    return Document(key=key, text=text, title=title or path.stem, source=str(path), source_type="docx",
                    encoding="")

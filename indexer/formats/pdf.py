@@ -36,10 +36,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitsuke.indexer.errors import LoadError
 from mitsuke.indexer.formats import FormatOptions
 from mitsuke.indexer.pages import join_pages
+
+if TYPE_CHECKING:
+    from mitsuke.indexer.documents import Document
 
 __all__ = ["PdfText", "extract_pdf", "load_pdf", "drop_running_lines", "join_cjk_lines"]
 
@@ -233,20 +237,13 @@ def extract_pdf(path: str | Path, max_pages: int = FormatOptions().pdf_max_pages
     return PdfText(pages=pages, title="" if title.lower() in _NO_TITLE else title, dropped_lines=dropped)
 
 
-def load_pdf(path: Path, key: str, options: FormatOptions) -> Iterator:
-    """One ``Document`` for the PDF at ``path`` (with ``page_starts``), or one ``LoadFailure``."""
-    from mitsuke.indexer.documents import Document, LoadFailure
+def load_pdf(path: Path, key: str, options: FormatOptions) -> Document:
+    """The ``Document`` of the PDF at ``path`` (with ``page_starts``); ``LoadError``/``OSError`` when unreadable."""
+    from mitsuke.indexer.documents import Document
 
-    try:
-        pdf = extract_pdf(path, options.pdf_max_pages)
-    except LoadError as exc:
-        yield LoadFailure(str(path), exc.reason)
-        return
-    except OSError as exc:
-        yield LoadFailure(str(path), f"cannot read: {exc.strerror or exc}")
-        return
+    pdf = extract_pdf(path, options.pdf_max_pages)
     text, starts = join_pages(pdf.pages)
     if pdf.dropped_lines:
         log.info("%s: dropped %d running header/footer lines", path, pdf.dropped_lines)
-    yield Document(key=key, text=text, title=pdf.title or path.stem, source=str(path), source_type="pdf",
+    return Document(key=key, text=text, title=pdf.title or path.stem, source=str(path), source_type="pdf",
                    encoding="", metadata={"page_count": len(pdf.pages)}, page_starts=starts)
