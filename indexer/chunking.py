@@ -212,7 +212,7 @@ class Chunker:
 
         ``breaks``: offsets no chunk may span (a PDF's page starts).
         """
-        sections = markdown_sections(text) if markdown else [(0, len(text), ())]
+        sections: list[tuple[int, int, tuple[str, ...]]] = markdown_sections(text) if markdown else [(0, len(text), ())]
         if breaks:
             sections = _cut_sections(text, sections, breaks)
         spans_by_section = [sentence_spans(text, s, e) for s, e, _ in sections]

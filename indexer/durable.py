@@ -98,7 +98,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """:func:`atomic_write` of ``data``."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    def write(tmp: Path) -> None:
+        Path(tmp).write_bytes(data)
+
+    atomic_write(path, write)
 
 
 class WriterLock:

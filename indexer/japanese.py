@@ -11,6 +11,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "get_tagger",
@@ -77,7 +78,7 @@ def match_text(text: str) -> str:
     return norm
 
 
-def _words(text: str) -> Iterator[tuple[int, int, object]]:
+def _words(text: str) -> Iterator[tuple[int, int, Any]]:
     """(start, end, word) for every MeCab morpheme of ``text``, windowed for long inputs."""
     tagger = get_tagger()
     n = len(text)

@@ -88,7 +88,7 @@ def plan_run(docs: Iterable[Document | LoadFailure], known: dict[str, tuple[int,
             continue
         (plan.update if have else plan.add).append(item.key)
         if count_tokens is not None:
-            plan.tokens += count_tokens(item)
+            plan.tokens = (plan.tokens or 0) + count_tokens(item)
     if prune:
         plan.delete = sorted(k for k in known if k not in seen)
     return plan

@@ -260,6 +260,7 @@ class VectorStore:
                                             f"were lost; run `mitsuke repair --index {self.path.parent}`")
                 # The map keeps the inode alive even if the name is replaced or unlinked later.
                 self._set_map(np.memmap(fh, dtype=np.float16, mode="r", shape=(rows, self.dim)), rows)
+        assert self._map is not None
         return self._map
 
     def read(self, rows: np.ndarray | list[int]) -> np.ndarray:

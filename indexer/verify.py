@@ -140,6 +140,7 @@ def _verify_vectors(paths: IndexPaths, manifest: Manifest, store, snap) -> list[
 def _verify_ann(paths: IndexPaths, manifest: Manifest, store, snap) -> list[Problem]:
     from mitsuke.indexer.ann import AnnIndex, _faiss
 
+    assert manifest.ann is not None  # the caller checks
     why = untrusted_ann(paths.ann, manifest.ann, manifest.index_id)
     if why is not None:
         return [Problem(ANN_FILE, f"{why}; it is rebuilt from the stored vectors when opened, "

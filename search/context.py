@@ -13,7 +13,7 @@ spans joined by ``SPAN_SEPARATOR``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -189,7 +189,9 @@ class Retriever(Protocol):
 
     store: SqlStore
 
-    def search(self, query: str, k: int = 10, **kwargs: Any) -> list[Passage]: ...
+    @property
+    def search(self) -> Callable[..., list[Passage]]:
+        """``search(query, k, *, mode=..., where=..., ...)``: keyword options as ``Searcher.search`` takes them."""
 
 
 # ---------------------------------------------------------------------- intervals

@@ -48,7 +48,7 @@ def document_record(doc: DocumentRow, chunks: list[ChunkRow]) -> dict[str, Any]:
 def chunk_record(c: ChunkRow) -> dict[str, Any]:
     rec = {"chunk_id": c.id, "doc_key": c.doc_key, "chunk_index": c.chunk_index, "char_start": c.char_start,
            "char_end": c.char_end, "token_count": c.token_count, "headings": list(c.headings), "text": c.text}
-    if getattr(c, "pages", None):
+    if c.pages:
         rec["pages"] = list(c.pages)  # [first, last], 1-based (PDF)
     return rec
 

@@ -123,9 +123,10 @@ def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, 
     cpus = int(resources.get("CPU", 1))
     # Enough blocks for every CPU to load and chunk at once, few enough inputs per task to stream.
     blocks = min(len(items), max(math.ceil(len(items) / max(1, inputs_per_task)), cpus))
-    ds = ray.data.from_items([{"seq": i, "item": raw} for i, raw in enumerate(items)], override_num_blocks=blocks)
+    ds: ray.data.Dataset = ray.data.from_items([{"seq": i, "item": raw} for i, raw in enumerate(items)],
+                                               override_num_blocks=blocks)
     ds = ds.map_batches(
-        prepare_batch, batch_format="numpy", batch_size=inputs_per_task, num_cpus=1,
+        prepare_batch,  # type: ignore[arg-type]  # Ray's stub has no room for keyword-only fn_kwargs batch_format="numpy", batch_size=inputs_per_task, num_cpus=1,
         fn_kwargs={"known": [known], "model_source": source, "revision": revision,
                    "chunking": dict(builder.chunk_config.__dict__), "encoding": encoding,
                    "embed": embedder is not None, "formats": formats})

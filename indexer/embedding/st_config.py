@@ -173,11 +173,12 @@ def apply_lower_case(tokenizer: Any) -> None:
 
         normalizer = tokenizer.backend_tokenizer.normalizer
         has = isinstance(normalizer, Lowercase) or (
-            isinstance(normalizer, NormalizerSequence) and any(isinstance(n, Lowercase) for n in normalizer))
+            isinstance(normalizer, NormalizerSequence)
+            and any(isinstance(n, Lowercase) for n in normalizer))  # type: ignore[attr-defined]  # iterable at run time
         if not has:
             parts = [Lowercase()]
             if isinstance(normalizer, NormalizerSequence):
-                parts += list(normalizer)
+                parts += list(normalizer)  # type: ignore[call-overload]  # iterable at run time
             elif normalizer is not None:
                 parts.append(normalizer)
             tokenizer.backend_tokenizer.normalizer = NormalizerSequence(parts)

@@ -93,6 +93,7 @@ def load_table(path: Path, key: str, encoding: str | None, options: FormatOption
     if options.csv_mode == "file":
         yield from _whole_file(path, key, kind, used, header, rows)
         return
+    assert text_col is not None  # "row" mode raised above without one
     roles = {text_col, id_col, title_col}
     while True:
         try:

@@ -67,6 +67,7 @@ def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prun
             _refuse_prune(f"the inputs yielded no documents ({_why_empty(include, plan)}); pruning would "
                           f"delete all {len(known)} indexed documents")
     if dry_run:
+        assert plan is not None  # planned above whenever dry_run is set
         _print_plan(plan, as_json)
         if plan.failed:
             sys.exit(EXIT_PARTIAL)
@@ -81,7 +82,7 @@ def run_index(paths: tuple[str, ...], index_dir: str, model: str | None, *, prun
                        f"batches of up to {e.batch_tokens} tokens)", err=True)
         tokens = None
         counter = embedding_token_counter(builder)
-        if plan is not None and counter is not None and not quiet and (plan.add or plan.update):
+        if plan is not None and counter is not None and e is not None and not quiet and (plan.add or plan.update):
             wanted = set(plan.add) | set(plan.update)
             tokens = sum(counter(d) for d in documents() if isinstance(d, Document) and d.key in wanted)
             rate = guess_tokens_per_second(e)

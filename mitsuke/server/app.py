@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 from http import HTTPStatus
 from importlib import resources
 from typing import Any, Optional
@@ -41,8 +42,9 @@ __all__ = ["create_app", "SafeJSONResponse"]
 log = logging.getLogger("mitsuke")
 
 _SEARCH_OPTIONS = ("k", "mode", "rerank", "where", "candidates", "nprobe", "fusion", "weights")
-_ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-           422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+    422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
 class SafeJSONResponse(JSONResponse):
@@ -171,7 +173,7 @@ def create_app(config: ServeConfig, service: Optional[SearchService] = None) -> 
 
     # ------------------------------------------------------------------ search
     @app.post("/search", response_model=SearchResponse, responses=_ERRORS, tags=["search"])
-    async def search(req: models.search):
+    async def search(req: models.search):  # type: ignore[name-defined]  # built at run time
         """Top k passages for a query: the same passages, fields and order as `mitsuke search --json`."""
         started = time.perf_counter()
         service.check_ready()
@@ -179,7 +181,7 @@ def create_app(config: ServeConfig, service: Optional[SearchService] = None) -> 
         options = _options(req)
         mode = service.mode_of(req.mode)
         if mode == "lexical" or not req.query.strip():
-            hits = await run_in_threadpool(service.searcher.search, req.query, **options)
+            hits = await run_in_threadpool(partial(service.searcher.search, req.query, **options))
         else:
             hits = await batcher.submit(req.query, options)
         body: dict[str, Any] = {"query": req.query, "mode": mode, "k": req.k, "took_ms": 0.0,
@@ -190,7 +192,7 @@ def create_app(config: ServeConfig, service: Optional[SearchService] = None) -> 
         return SafeJSONResponse(body)
 
     @app.post("/search/batch", response_model=BatchResponse, responses=_ERRORS, tags=["search"])
-    async def search_batch(req: models.batch):
+    async def search_batch(req: models.batch):  # type: ignore[name-defined]  # built at run time
         """Many queries with the same options, embedded together: one result list per query, in order."""
         started = time.perf_counter()
         service.check_ready()
@@ -203,7 +205,7 @@ def create_app(config: ServeConfig, service: Optional[SearchService] = None) -> 
             "results": [{"query": q, "passages": service.passages_json(h)} for q, h in zip(req.queries, results)]})
 
     @app.post("/context", response_model=ContextResponse, responses=_ERRORS, tags=["search"])
-    async def context(req: models.context):
+    async def context(req: models.context):  # type: ignore[name-defined]  # built at run time
         """Passages for an LLM prompt (`Searcher.retrieve_context`): widened, deduplicated, within max_chars, cited."""
         started = time.perf_counter()
         service.check_ready()

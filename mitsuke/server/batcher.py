@@ -41,6 +41,7 @@ class MicroBatcher:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._worker())
+        assert self._wake is not None
         fut: asyncio.Future = loop.create_future()
         self._queue.append((json.dumps(options, sort_keys=True, default=str), options, query, fut))
         self._wake.set()
@@ -61,7 +62,8 @@ class MicroBatcher:
 
     def _take(self) -> list[tuple[str, dict[str, Any], str, asyncio.Future]]:
         head = self._queue[0][0]
-        batch, rest = [], deque()
+        batch: list[tuple[str, dict[str, Any], str, asyncio.Future]] = []
+        rest: deque[tuple[str, dict[str, Any], str, asyncio.Future]] = deque()
         for item in self._queue:
             if item[0] == head and len(batch) < self.max_batch and not item[3].done():
                 batch.append(item)

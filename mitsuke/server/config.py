@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +31,12 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def read_api_key(key_file: str | Path | None = None, env: dict[str, str] | None = None) -> str | None:
+def read_api_key(key_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """The API key from ``key_file`` (first line) or the ``MITSUKE_API_KEY`` environment variable; None if neither.
 
     Raises ConfigError for an unreadable or empty file, or a key shorter than 16 characters.
     """
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if key_file is not None:
         try:
             lines = Path(key_file).read_text(encoding="utf-8").splitlines()
@@ -45,7 +46,7 @@ def read_api_key(key_file: str | Path | None = None, env: dict[str, str] | None 
         key = lines[0].strip() if lines else ""
         where = f"--api-key-file {key_file}"
     else:
-        key = (env.get(API_KEY_ENV) or "").strip()
+        key = (environ.get(API_KEY_ENV) or "").strip()
         if not key:
             return None
         where = f"${API_KEY_ENV}"

@@ -5,7 +5,7 @@ Built on the official ``mcp`` SDK (2.x, ``MCPServer``); results are typed
 """
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Optional, cast
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -50,7 +50,7 @@ def build_mcp(service: SearchService) -> MCPServer:
             hits = service.searcher.search(query, k=k, mode=mode, where=where or None)
         except MitsukeError as exc:
             raise ToolError(str(exc)) from None
-        return SearchResult(query=query, mode=service.mode_of(mode),
+        return SearchResult(query=query, mode=cast(Mode, service.mode_of(mode)),
                             passages=[PassageOut(**p) for p in service.passages_json(hits)])
 
     @server.tool()
