@@ -276,6 +276,7 @@ class TuneReport:
     chosen: FusionSettings
     counts: dict[str, int]
     folds: int
+    improved: bool = False  # tuning beat the current defaults cross-validated: ``chosen`` is new
 
     def top(self, n: int = 15) -> list[tuple[FusionSettings, dict[str, float]]]:
         order = np.argsort(-self.metrics["objective"], kind="stable")[:n]
@@ -286,6 +287,7 @@ class TuneReport:
                 "default": {"settings": self.default.to_dict(), "metrics": self.default_metrics},
                 "best": self.best.to_dict(), "cv_tuned": self.cv_tuned, "cv_default": self.cv_default,
                 "fold_choices": [s.to_dict() for s in self.fold_choices], "chosen": self.chosen.to_dict(),
+                "improved": self.improved,
                 "top": [{"settings": s.to_dict(), "metrics": m} for s, m in self.top()]}
 
 
@@ -331,14 +333,16 @@ def tune(searcher, queries: QuerySet | Iterable[EvalQuery], *, folds: int = 5, g
     best_i = int(np.argmax(all_m["objective"][:len(grid)]))
     cv_tuned = _floats(metrics_of(held_tuned))
     cv_default = _floats(metrics_of(ranks[-1]))
-    chosen = grid[best_i] if cv_tuned["objective"] > cv_default["objective"] else default_full
+    improved = cv_tuned["objective"] > cv_default["objective"]
+    # Kept defaults are saved as they are: a depth left to k × 10 stays so (not pinned to 10 × DEPTH).
+    chosen = grid[best_i] if improved else default
     return TuneReport(
         grid=list(grid), metrics={k: v[:len(grid)] for k, v in all_m.items()},
         lexical=_floats(metrics_of(leg_ranks(col, "lexical", reranks[0]))),
         dense=_floats(metrics_of(leg_ranks(col, "dense", reranks[0]))),
         default=default_full, default_metrics={k: float(v[-1]) for k, v in all_m.items()},
         best=grid[best_i], cv_tuned=cv_tuned, cv_default=cv_default, fold_choices=choices, chosen=chosen,
-        counts={**col.counts, "scored": n}, folds=folds)
+        counts={**col.counts, "scored": n}, folds=folds, improved=improved)
 
 
 def save_defaults(index_dir: str | Path, settings: FusionSettings, provenance: dict[str, Any] | None = None

@@ -110,7 +110,7 @@ def tune(index_dir, queries, folds, save, top, device, trust_remote_code, as_jso
     click.echo("")
     click.echo(f"{report.folds}-fold cross-validation, mean of hit@1/5/10 and MRR@10 on held-out questions: "
                f"tuned {report.cv_tuned['objective']:.4f}, current defaults {report.cv_default['objective']:.4f}")
-    verdict = "recommended" if report.chosen != report.default else "kept (tuning did not win cross-validated)"
+    verdict = "recommended" if report.improved else "kept (tuning did not win cross-validated)"
     click.echo(f"{verdict}: {report.chosen.describe()}")
     click.echo(f"saved as the search defaults of {index_dir}" if saved is not None
                else "run again with --save to make it the index's default")
