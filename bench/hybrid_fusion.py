@@ -36,7 +36,8 @@ KS = (1, 5, 10)
 SETTINGS = [
     ("lexical", {"mode": "lexical"}),
     ("dense (exact rerank)", {"mode": "dense"}),
-    ("hybrid rrf 1:1 (default)", {"mode": "hybrid", "fusion": "rrf", "weights": (1, 1)}),
+    ("hybrid convex tmm 0.2:0.8 (default)", {"mode": "hybrid", "fusion": "convex", "weights": (0.2, 0.8)}),
+    ("hybrid rrf 1:1 (default before 2026-12)", {"mode": "hybrid", "fusion": "rrf", "weights": (1, 1)}),
     ("hybrid rrf 0.2:1", {"mode": "hybrid", "fusion": "rrf", "weights": (0.2, 1)}),
     ("hybrid weighted 1:1", {"mode": "hybrid", "fusion": "weighted", "weights": (1, 1)}),
     ("hybrid weighted 0.2:1", {"mode": "hybrid", "fusion": "weighted", "weights": (0.2, 1)}),

@@ -50,6 +50,7 @@ from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
 from mitsuke.indexer.loaders import FormatOptions, iter_documents
 from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
+from mitsuke.indexer.protocol import check_embedder, model_info
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.salvage import Salvage, reembed_missing, settle_vectors
 from mitsuke.indexer.store import MetadataStore
@@ -190,6 +191,8 @@ class IndexBuilder:
             check_files_beside(paths, manifest)
             embed = embed or EmbedConfig()
             wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
+            if embedder is not None:
+                check_embedder(embedder)
             if embedder is not None and model is None:
                 wanted = embedder.info.name  # a ready embedder names its own model
             lexical_only = str(wanted).lower() == "none"
@@ -223,7 +226,7 @@ class IndexBuilder:
                     Chunker(chunking or ChunkConfig(), embedder.count_tokens if embedder else None)
                 except ValueError as exc:
                     raise MitsukeError(f"chunking settings: {exc}") from None
-                manifest = Manifest.new(embedder.info if embedder else None, chunking or ChunkConfig(),
+                manifest = Manifest.new(model_info(embedder) if embedder else None, chunking or ChunkConfig(),
                                         ann or AnnConfig())
                 # Written before meta.sqlite exists: a kill during the first
                 # run must leave an index that opens (invariant 6).

@@ -7,7 +7,8 @@ nobody else spells a file name or a manifest key.
 
 ::
 
-    manifest.json              format version, model, chunking, ANN config and state, generation, counts
+    manifest.json              format version, model, chunking, ANN config and state, generation, counts,
+                               search defaults (``mitsuke tune --save``)
     meta.sqlite (+ -wal)       documents, chunks, FTS5 terms, state: the source of truth
     vectors.f16                float16 [rows, dim], append-only
     vectors.f16.compact-E      compaction's epoch-E copy, before it is renamed over vectors.f16
@@ -34,11 +35,12 @@ from mitsuke.indexer.config import AnnConfig, ChunkConfig
 from mitsuke.indexer.durable import atomic_write_bytes
 from mitsuke.indexer.errors import IndexFormatError, ModelMismatchError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
+from mitsuke.indexer.search_record import SearchDefaults
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "META_FILE", "VECTORS_FILE", "ANN_FILE", "LOCK_FILE",
     "IndexPaths", "compact_path", "retired_path", "epoch_file",
-    "ModelInfo", "AnnState", "Counts", "Manifest",
+    "ModelInfo", "AnnState", "Counts", "Manifest", "SearchDefaults",
 ]
 
 FORMAT = "mitsuke-index"
@@ -220,6 +222,7 @@ class Manifest:
     ``model`` is None for a lexical-only index. ``lexical_analysis`` is None
     for an index written before the analysis version was recorded. ``extra``
     keeps keys this mitsuke does not know, so rewriting the manifest loses nothing.
+    ``search_defaults`` is None until ``mitsuke tune --save`` stores some.
     """
 
     model: ModelInfo | None
@@ -232,6 +235,7 @@ class Manifest:
     created_at: float | None = None
     updated_at: float | None = None
     index_id: str | None = None  # a uuid, also in meta.sqlite's state: files of two indexes are told apart
+    search_defaults: SearchDefaults | None = None  # hybrid settings chosen by `mitsuke tune --save`
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -309,6 +313,8 @@ class Manifest:
         for key in ("lexical_analysis", "created_at", "updated_at", "index_id"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
+        if self.search_defaults is not None:  # written only when set: older readers keep it in ``extra``
+            data["search_defaults"] = self.search_defaults.to_dict()
         return data
 
     @classmethod
@@ -339,6 +345,8 @@ class Manifest:
             created_at=_section(path, "created_at", _optional_float, data.get("created_at")),
             updated_at=_section(path, "updated_at", _optional_float, data.get("updated_at")),
             index_id=_section(path, "index_id", lambda v: None if v is None else str(v), data.get("index_id")),
+            search_defaults=_section(path, "search_defaults", SearchDefaults.from_dict, data["search_defaults"])
+            if data.get("search_defaults") is not None else None,
             extra={k: v for k, v in data.items() if k not in known},
         )
 

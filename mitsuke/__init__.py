@@ -8,7 +8,8 @@
 The installed packages are ``mitsuke.indexer`` (write side: load, chunk,
 embed, store) and ``mitsuke.search`` (read side). Importing ``mitsuke`` is
 cheap: the builder, the searcher and their dependencies (FAISS, SQLAlchemy,
-torch) load on first use of the names below.
+torch) load on first use of the names below. ``Embedder`` is the protocol a
+custom model implements to be used with ``embedder=`` (see ``mitsuke.indexer.protocol``).
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ from mitsuke.indexer.errors import (
 if TYPE_CHECKING:
     from mitsuke.indexer.builder import IndexBuilder, IndexSummary
     from mitsuke.indexer.loaders import Document
+    from mitsuke.indexer.protocol import Embedder, EmbedderInfo
     from mitsuke.search.results import Passage
     from mitsuke.search.searcher import Searcher
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "IndexBuilder", "IndexSummary", "Searcher", "Passage", "Document",
+    "IndexBuilder", "IndexSummary", "Searcher", "Passage", "Document", "Embedder", "EmbedderInfo",
     "MitsukeError", "LoadError", "ModelError", "IndexFormatError", "ModelMismatchError", "LockedError",
     "QueryError", "__version__",
 ]
@@ -48,6 +50,8 @@ _LAZY = {
     "Document": "mitsuke.indexer.loaders",
     "Searcher": "mitsuke.search.searcher",
     "Passage": "mitsuke.search.results",
+    "Embedder": "mitsuke.indexer.protocol",
+    "EmbedderInfo": "mitsuke.indexer.protocol",
 }
 
 

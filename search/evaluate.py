@@ -304,13 +304,16 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 
 
 def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int] = (1, 5, 10, 20), *,
-             mode: str | None = None, rerank: bool = True, per_query: bool = False, limit: int | None = None,
+             mode: str | None = None, rerank: bool | None = None, per_query: bool = False, limit: int | None = None,
              warmup: bool = True, **search_kwargs: Any) -> EvalReport:
     """Run every question through ``searcher.search`` and average the metrics.
 
     Each question is one timed ``search`` call (the latency a user sees, query
     embedding included) at depth ``max(max(ks), 10)``; one untimed call first
     loads the model and ANN index so that p95 is not the first query's load.
+    ``rerank`` and the fusion keywords (``fusion``, ``weights``, ``rrf_k``,
+    ``norm``, ``candidates``) left None take the searcher's defaults; the
+    settings actually used are recorded in ``EvalReport.settings``.
     """
     ks = _check_ks(ks)
     depth = max(ks[-1], MRR_DEPTH, NDCG_DEPTH)
@@ -403,11 +406,14 @@ def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int
                     extra["doc_not_in_index"], searcher.path)
     settings = {
         "index": str(Path(searcher.path).resolve()), "queries": qset.source or None,
-        "model": searcher.model_name, "mode": mode, "rerank": bool(rerank) if mode != "lexical" else None,
+        "model": searcher.model_name, "mode": mode,
+        "rerank": (bool(searcher.defaults.rerank if rerank is None else rerank)) if mode != "lexical" else None,
         "ks": ks, "depth": depth, "limit": limit, "warmup": warmup,
         "chunking": asdict(searcher.manifest.chunking),
         # Settings that did not shape this run (fusion outside hybrid mode) are left out.
-        **{k: v for k, v in search_kwargs.items() if v is not None and not (k == "fusion" and mode != "hybrid")},
+        **{k: v for k, v in search_kwargs.items() if v is not None and k not in _FUSION_KEYS},
+        # The fusion actually used (arguments over the index's and mitsuke's defaults), hybrid mode only.
+        **(_fusion_used(searcher, search_kwargs) if mode == "hybrid" else {}),
     }
     try:
         from mitsuke import __version__
@@ -418,6 +424,20 @@ def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int
     out_counts = {"lines": qset.lines or len(qset.queries), "scored": scored, **counts,
                   "title_questions": title["n"], "span_unreachable": extra["span_unreachable"]}
     return EvalReport(metrics, out_counts, settings, skipped, list(qset.problems), title_out, rows)
+
+
+_FUSION_KEYS = ("fusion", "weights", "rrf_k", "norm", "candidates")
+
+
+def _fusion_used(searcher, kwargs: dict[str, Any]) -> dict[str, Any]:
+    from mitsuke.search.fusion import FusionSettings, resolve
+
+    w = kwargs.get("weights")
+    given = FusionSettings(kwargs.get("fusion"), None if w is None else tuple(w), kwargs.get("rrf_k"),
+                           kwargs.get("norm"), kwargs.get("candidates"))
+    used = resolve(given, searcher.defaults).to_dict()
+    used.pop("rerank", None)
+    return used
 
 
 def _metric_order(ks: Sequence[int]) -> list[str]:

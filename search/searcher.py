@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +23,13 @@ from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.context import Context, retrieve_context
 from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
 from mitsuke.search.filters import Filter, compile_where
-from mitsuke.search.fusion import FUSIONS, check_weights, fuse
+from mitsuke.search.fusion import DEFAULT_SETTINGS, FusionSettings, check_settings, fuse, resolve
 from mitsuke.search.opening import open_reader_store
 from mitsuke.search.results import Passage
 from mitsuke.search.trigram import LexicalHits, lexical_search
 
 if TYPE_CHECKING:
-    from mitsuke.indexer.embedding import Embedder
+    from mitsuke.indexer.protocol import Embedder
 
 __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 
@@ -51,6 +51,8 @@ class _Request:
     nprobe: int | None
     fusion: str
     weights: tuple[float, ...]
+    rrf_k: int
+    norm: str
     flt: Filter | None
 
 
@@ -86,12 +88,17 @@ class Searcher:
     """
 
     def __init__(self, path: Path, manifest: Manifest, *, device: str = "auto", embedder: Embedder | None = None,
-                 dtype: str = "auto", fusion: str = "rrf", weights: Sequence[float] | None = None,
-                 trust_remote_code: bool = False) -> None:
-        if fusion not in FUSIONS:
-            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.fusion = fusion
-        self.weights = tuple(check_weights(weights))
+                 dtype: str = "auto", fusion: str | None = None, weights: Sequence[float] | None = None,
+                 trust_remote_code: bool = False, **settings: Any) -> None:
+        given = check_settings(FusionSettings(fusion=fusion, weights=None if weights is None else tuple(weights),
+                                              **settings))
+        saved = FusionSettings.from_dict(manifest.search_defaults.settings() if manifest.search_defaults else None,
+                                         f"{path / MANIFEST_FILE} search_defaults")
+        #: The hybrid settings of every search: Searcher.open's arguments, else the
+        #: index's saved defaults (``mitsuke tune --save``), else DEFAULT_SETTINGS.
+        self.defaults = resolve(given, resolve(saved, DEFAULT_SETTINGS))
+        self.fusion = self.defaults.fusion
+        self.weights = self.defaults.weights
         self.path = path
         self.paths = IndexPaths(path)
         self.manifest = manifest
@@ -119,12 +126,17 @@ class Searcher:
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
-             embedder: Embedder | None = None, dtype: str = "auto", fusion: str = "rrf",
-             weights: Sequence[float] | None = None, trust_remote_code: bool = False) -> "Searcher":
+             embedder: Embedder | None = None, dtype: str = "auto", fusion: str | None = None,
+             weights: Sequence[float] | None = None, trust_remote_code: bool = False, rrf_k: int | None = None,
+             norm: str | None = None, candidates: int | None = None, rerank: bool | None = None) -> "Searcher":
         """Open an index for reading. ``model`` may only restate the index's own model.
 
-        ``fusion`` and ``weights`` (dense, lexical) are the hybrid defaults for
-        every search of this Searcher; each call may override them.
+        ``fusion``, ``weights`` (dense, lexical), ``rrf_k``, ``norm``,
+        ``candidates`` and ``rerank`` are the defaults of every search of this
+        Searcher (each call may override them); left None, the index's saved
+        ``search_defaults`` (``mitsuke tune --save``) apply, else mitsuke's
+        (``search.fusion.DEFAULT_SETTINGS``). ``embedder`` is any object of the
+        ``mitsuke.Embedder`` protocol.
         ``trust_remote_code`` lets a model's own Python code run, as for indexing.
         A read-only index directory works (see ``SqliteStore``).
         """
@@ -133,9 +145,13 @@ class Searcher:
         if manifest is None or not IndexPaths(path).meta.exists():
             raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE} / {META_FILE}); "
                                    "build one with `mitsuke index PATH --index DIR`")
+        if embedder is not None:
+            from mitsuke.indexer.protocol import check_embedder
+
+            check_embedder(embedder)
         manifest.check_model(path, model=model, embedder=embedder, writing=False)
         return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights,
-                   trust_remote_code=trust_remote_code)
+                   trust_remote_code=trust_remote_code, rrf_k=rrf_k, norm=norm, candidates=candidates, rerank=rerank)
 
     def close(self) -> None:
         self.store.close()
@@ -199,38 +215,45 @@ class Searcher:
             return self._ann
 
     # ------------------------------------------------------------------ search
-    def search(self, query: str, k: int = 10, *, mode: str | None = None, rerank: bool = True,
+    def search(self, query: str, k: int = 10, *, mode: str | None = None, rerank: bool | None = None,
                candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
-               fusion: str | None = None, weights: Sequence[float] | None = None) -> list[Passage]:
+               fusion: str | None = None, weights: Sequence[float] | None = None, rrf_k: int | None = None,
+               norm: str | None = None) -> list[Passage]:
         """Top ``k`` passages for ``query``, best first.
 
         - ``mode``: ``hybrid`` (default for indexes with a model), ``dense`` or
           ``lexical`` (default for lexical-only indexes; dense or hybrid on one
           is a QueryError).
         - ``rerank``: dense candidates (``candidates``, default ``k × 10``) are
-          rescored by exact cosine over their stored float16 vectors; ``False``
-          keeps the ANN order and scores.
+          rescored by exact cosine over their stored float16 vectors (default);
+          ``False`` keeps the ANN order and scores. In hybrid mode
+          ``candidates`` is the depth of each leg.
         - ``nprobe``: IVF cells to visit (default: the manifest's).
         - ``where``: filters on document metadata and the built-in fields
           ``doc_key`` (glob), ``title``, ``source_type``, ``source`` (see
           ``search.filters``); k passages come back whenever k match.
-        - ``fusion``: ``rrf`` (default) or ``weighted``; ``weights`` are
-          (dense, lexical) — see ``search.fusion``. Both default to the values
-          given to ``Searcher.open``.
+        - ``fusion``: ``convex`` (default), ``rrf`` or ``weighted``; ``weights``
+          are (dense, lexical), ``rrf_k`` the RRF constant, ``norm`` the convex
+          normalisation (``tmm`` or ``minmax``) — see ``search.fusion``. Left
+          None, every setting comes from ``self.defaults`` (Searcher.open's
+          arguments, the index's saved ``search_defaults``, mitsuke's defaults).
 
         ``Passage.score`` is the cosine (dense), the BM25 score (lexical) or the
         fused score (hybrid); ``dense_score``/``lexical_score`` and the ranks keep
         each leg's view. An empty query returns no passages.
         """
         return self.search_batch([query], k, mode=mode, rerank=rerank, candidates=candidates, nprobe=nprobe,
-                                 where=where, fusion=fusion, weights=weights)[0]
+                                 where=where, fusion=fusion, weights=weights, rrf_k=rrf_k, norm=norm)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = 10, *, mode: str | None = None, rerank: bool = True,
-                     candidates: int | None = None, nprobe: int | None = None, where: dict[str, Any] | None = None,
-                     fusion: str | None = None, weights: Sequence[float] | None = None) -> list[list[Passage]]:
+    def search_batch(self, queries: Sequence[str], k: int = 10, *, mode: str | None = None,
+                     rerank: bool | None = None, candidates: int | None = None, nprobe: int | None = None,
+                     where: dict[str, Any] | None = None, fusion: str | None = None,
+                     weights: Sequence[float] | None = None, rrf_k: int | None = None,
+                     norm: str | None = None) -> list[list[Passage]]:
         """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
         queries = self._check_queries(queries)
-        req = self._request(k, mode, rerank, candidates, nprobe, fusion, weights, where)
+        req = self._request(k, mode, rerank, candidates, nprobe, where,
+                            FusionSettings(fusion, None if weights is None else tuple(weights), rrf_k, norm))
         if not queries:
             return []
         live = [i for i, q in enumerate(queries) if q.strip()]
@@ -259,23 +282,25 @@ class Searcher:
                 raise QueryError(f"a query must be a string, got {type(q).__name__}: {q!r:.60}")
         return out
 
-    def _request(self, k: int, mode: str | None, rerank: bool, candidates: int | None, nprobe: int | None,
-                 fusion: str | None, weights: Sequence[float] | None, where: dict[str, Any] | None) -> _Request:
+    def _request(self, k: int, mode: str | None, rerank: bool | None, candidates: int | None, nprobe: int | None,
+                 where: dict[str, Any] | None, fusion: FusionSettings) -> _Request:
         mode = self._check_mode(mode)
         k = _positive_int("k", k)
+        if candidates is not None:
+            candidates = _positive_int("candidates", candidates)
+        # Arguments over Searcher.open's, the index's saved defaults and mitsuke's (search.fusion).
+        st = resolve(check_settings(replace(fusion, candidates=candidates, rerank=rerank)), self.defaults)
         tuning = self._tuning  # measured at build time (indexer.ann_tune); None: the formula defaults
         factor = tuning.candidate_factor if tuning is not None else CANDIDATE_FACTOR
-        pool = max(_positive_int("candidates", candidates) if candidates is not None else k * factor, k)
+        # A saved/opened candidate depth is the hybrid legs' depth; dense mode keeps k × factor unless told.
+        pool = max(candidates or (st.candidates if mode == "hybrid" else None) or k * factor, k)
         if nprobe is not None:
             nprobe = _positive_int("nprobe", nprobe)
         elif tuning is not None:
             nprobe = tuning.nprobe
-        fusion = self.fusion if fusion is None else fusion
-        if fusion not in FUSIONS:
-            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        checked = tuple(check_weights(self.weights if weights is None else weights))
-        return _Request(mode=mode, k=k, pool=pool, rerank=rerank, nprobe=nprobe, fusion=fusion,
-                        weights=checked, flt=compile_where(where))
+        return _Request(mode=mode, k=k, pool=pool, rerank=bool(st.rerank), nprobe=nprobe, fusion=str(st.fusion),
+                        weights=tuple(st.weights or (1.0, 1.0)), rrf_k=int(st.rrf_k or 0), norm=str(st.norm),
+                        flt=compile_where(where))
 
     def _check_mode(self, mode: str | None) -> str:
         mode = mode or ("hybrid" if self.has_dense else "lexical")
@@ -350,13 +375,14 @@ class Searcher:
             return dense, {}
         if req.mode == "lexical":
             return lexical, {}
-        # Lexical-only candidates get their exact cosine too: weighted fusion
-        # needs it, and the Passage reports it.
+        # Lexical-only candidates get their exact cosine too: the score fusions
+        # (convex, weighted) need it, and the Passage reports it.
         assert qvec is not None and self.vectors is not None
         have = {c for c, _ in dense}
         extra = cosines(snap, self.vectors, qvec, [c for c, _ in lexical if c not in have])
         dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
-        return fuse(dense_all if req.fusion == "weighted" else dense, lexical, req.fusion, req.weights), extra
+        return fuse(dense if req.fusion == "rrf" else dense_all, lexical, req.fusion, req.weights,
+                    rrf_k=req.rrf_k, norm=req.norm), extra
 
     # ------------------------------------------------------------------ passages
     def _passages(self, snap: Snapshot, ranked: Hits, dense: Hits, lexical: Hits,
@@ -400,6 +426,7 @@ class Searcher:
             "ann_tuning": manifest.ann.tuning.to_dict() if manifest.ann and manifest.ann.tuning else None,
             "generation": generation,
             "chunking": asdict(manifest.chunking),
+            "search_defaults": manifest.search_defaults.to_dict() if manifest.search_defaults else None,
             "files": self.paths.sizes(),
         }
 

@@ -107,6 +107,7 @@ def test_info_of_a_dense_index(tmp_path, tiny_model):
         f"model       {tiny_model} (dim 64)\n"
         "ann         kind flat, nbits 8, nprobe 1\n"
         "generation  1\n"
+        "search      mitsuke's defaults (convex tmm 0.2:0.8)\n"  # hybrid settings: none saved (mitsuke tune --save)
         + file_lines(idx))
     assert "vectors.f16" in r.stdout and "ann.faiss" in r.stdout
 

@@ -320,7 +320,7 @@ def test_eval_runs_dense_and_hybrid_on_a_model_index_and_records_the_settings(tm
                              "answer_spans": [[15, 19]]}, ensure_ascii=False) + "\n", encoding="utf-8")
     hybrid = json.loads(run("eval", "--index", idx, "--queries", f, "-k", "1,2", "--json").stdout)
     assert hybrid["settings"]["mode"] == "hybrid" and hybrid["settings"]["rerank"] is True
-    assert hybrid["settings"]["fusion"] == "rrf" and hybrid["settings"]["model"] == str(tiny_model)
+    assert hybrid["settings"]["fusion"] == "convex" and hybrid["settings"]["model"] == str(tiny_model)
     assert hybrid["metrics"]["doc_hit@2"] == 1.0  # two documents, depth 10: it is always found
     dense = json.loads(run("eval", "--index", idx, "--queries", f, "--mode", "dense", "--no-rerank",
                            "--json").stdout)

@@ -23,6 +23,7 @@ from mitsuke.indexer.layout import (
     IndexPaths,
     Manifest,
     ModelInfo,
+    SearchDefaults,
     compact_path,
     epoch_file,
     retired_path,
@@ -73,12 +74,17 @@ _states = st.none() | st.builds(AnnState, params=st.builds(
     AnnParams, kind=st.sampled_from(["flat", "ivfpq"]), dim=st.integers(1, 4096), nlist=st.integers(0, 65536),
     m=st.integers(0, 96), nbits=st.just(8), nprobe=st.integers(1, 65536), train_size=st.integers(0, 10**6)),
     generation=st.integers(0, 2**40))
+_search_defaults = st.none() | st.builds(
+    SearchDefaults, fusion=st.none() | st.sampled_from(["convex", "rrf", "weighted"]),
+    weights=st.none() | st.tuples(st.floats(0, 10), st.floats(0, 10)), rrf_k=st.none() | st.integers(0, 1000),
+    norm=st.none() | st.sampled_from(["tmm", "minmax"]), candidates=st.none() | st.integers(1, 10**6),
+    rerank=st.none() | st.booleans(), tuned=st.dictionaries(st.sampled_from(["queries", "date", "質問"]), _text))
 _manifests = st.builds(
     Manifest, model=_models, chunking=_chunkings, ann_config=_ann_configs,
     lexical_analysis=st.none() | st.integers(1, 9), ann=_states, generation=st.integers(0, 2**40),
     counts=st.builds(Counts, documents=st.integers(0, 10**9), chunks=st.integers(0, 10**9)),
     created_at=st.none() | st.floats(0, 4e9), updated_at=st.none() | st.floats(0, 4e9),
-    extra=st.dictionaries(st.sampled_from(["note", "メモ", "future_key"]), _text | st.integers()))
+    search_defaults=_search_defaults, extra=st.dictionaries(st.sampled_from(["note", "メモ", "future_key"]), _text | st.integers()))
 
 
 @settings(max_examples=150, deadline=None)
@@ -134,6 +140,22 @@ def test_an_index_with_a_hand_written_older_manifest_opens_for_reading_and_writi
     after = json.loads((idx / "manifest.json").read_text(encoding="utf-8"))
     assert after["メモ"] == "手で書いた" and "lexical_analysis" not in after
     assert after["counts"] == {"documents": 2, "chunks": 2} and after["created_at"] == data["created_at"]
+
+
+def test_search_defaults_are_typed_written_only_when_set_and_a_damaged_entry_is_one_clear_error(tmp_path):
+    m = Manifest.from_json(TODAYS_MANIFEST)
+    assert m.search_defaults is None and "search_defaults" not in m.to_json()  # an index never tuned
+    saved = {"fusion": "rrf", "weights": [0.25, 1], "rrf_k": 20, "candidates": 50,
+             "tuned": {"queries": "/質問/qa.jsonl", "questions": 40, "date": "2026-12-02"}}
+    m = Manifest.from_json(dict(TODAYS_MANIFEST, search_defaults=saved))
+    assert m.search_defaults == SearchDefaults(fusion="rrf", weights=(0.25, 1.0), rrf_k=20, candidates=50,
+                                               tuned=saved["tuned"])
+    assert m.to_json() == dict(TODAYS_MANIFEST, search_defaults=dict(saved, weights=[0.25, 1.0]))
+    for bad in ({"weights": "0.2,0.8"}, {"weights": [1]}, {"rrf_k": 2.5}, {"rerank": "yes"}, {"tuned": [1]}, []):
+        (tmp_path / "manifest.json").write_text(json.dumps(dict(TODAYS_MANIFEST, search_defaults=bad)),
+                                                encoding="utf-8")
+        with pytest.raises(IndexFormatError, match="manifest entry 'search_defaults' is invalid"):
+            Manifest.read(tmp_path)
 
 
 @pytest.mark.parametrize("opener", [Manifest.read, Searcher.open, lambda p: IndexBuilder.open(p, model="none")])

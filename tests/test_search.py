@@ -200,7 +200,7 @@ def test_search_batch_equals_single_searches(ivf):
 def test_hybrid_rrf_scores_and_per_leg_fields(ivf):
     q = "東京の蕎麦"
     k = 10
-    hits = ivf.search(q, k, mode="hybrid", candidates=30)
+    hits = ivf.search(q, k, mode="hybrid", candidates=30, fusion="rrf")
     dense = {h.chunk_id: r for r, h in enumerate(ivf.search(q, 30, mode="dense", candidates=30), 1)}
     lexical = {h.chunk_id: r for r, h in enumerate(ivf.search(q, 30, mode="lexical"), 1)}
     assert len(hits) == k

@@ -1,8 +1,8 @@
-"""The ``mitsuke`` command: index, search, info, eval, chunk, docs, compact, serve, mcp.
+"""The ``mitsuke`` command: index, search, info, eval, tune, chunk, docs, compact, serve, mcp.
 
 The CLI sits above both sides of the library and imports downward only:
 ``mitsuke.cli.index`` (``index``, ``chunk``) uses the write side
-(``mitsuke.indexer``), ``mitsuke.cli.search``, ``.info`` and ``.evaluate`` the
+(``mitsuke.indexer``), ``mitsuke.cli.search``, ``.info``, ``.evaluate`` and ``.tune`` the
 read side (``mitsuke.search``), ``mitsuke.cli.serve`` (``serve``, ``mcp``) the
 service above it (``mitsuke.server``); neither side imports the CLI. Each command
 module defines plain ``click`` commands; this module owns the group, logging
@@ -19,7 +19,7 @@ import sys
 import click
 
 from mitsuke import __version__
-from mitsuke.cli import compact, docs, evaluate, index, info, integrity, search, serve
+from mitsuke.cli import compact, docs, evaluate, index, info, integrity, search, serve, tune
 from mitsuke.cli.errors import one_line
 from mitsuke.cli.options import CONTEXT
 from mitsuke.indexer.errors import MitsukeError
@@ -79,7 +79,7 @@ def cli(ctx: click.Context, verbose: int, color: bool | None) -> None:
 
 
 for _command in (index.index, index.chunk, search.search, info.info, evaluate.eval_cmd, docs.docs,
-                 compact.compact, serve.serve, serve.mcp, integrity.verify, integrity.repair):
+                 compact.compact, serve.serve, serve.mcp, integrity.verify, integrity.repair, tune.tune):
     cli.add_command(_command)
 del _command
 

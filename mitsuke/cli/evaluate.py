@@ -5,7 +5,7 @@ import json
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option, mode_option
+from mitsuke.cli.options import CONTEXT, fusion_kwargs, fusion_options, index_option, json_option, mode_option
 
 __all__ = ["eval_cmd"]
 
@@ -20,16 +20,15 @@ __all__ = ["eval_cmd"]
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order.")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
               help="IVF cells to visit (default: the manifest's).")
-@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
-              help="How hybrid mode combines dense and lexical ranks.")
+@fusion_options
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N usable questions.")
 @click.option("--per-query", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write per-question results (JSONL: ranks of the first hits, top 10) to this file.")
 @click.option("--device", default="auto", show_default=True, help="Device for the query embeddings.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per_query, device, trust_remote_code,
-             as_json):
+def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, weights, rrf_k, norm, candidates, limit,
+             per_query, device, trust_remote_code, as_json):
     """Score retrieval on a QA set: span/answer/document hit@k, MRR@10, nDCG@10, latency.
 
     Questions are matched to documents by doc_id = the key they were indexed
@@ -48,6 +47,10 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
     Example:
       mitsuke index data --index demo-idx --model none
       mitsuke eval --index demo-idx --queries questions.jsonl -k 1,5,10 --mode lexical
+      mitsuke eval --index idx --queries questions.jsonl --fusion rrf --weights 0.3,1
+
+    Hybrid settings left out come from the index's search defaults (`mitsuke
+    tune --save`), else mitsuke's; the settings used are in the table and JSON.
     """
     from mitsuke.search.evaluate import evaluate, load_queries
     from mitsuke.search.searcher import Searcher
@@ -58,10 +61,11 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, limit, per
         raise click.UsageError(f"-k {ks!r}: expected comma-separated integers such as 1,5,10") from None
     if not cutoffs or min(cutoffs) < 1:
         raise click.UsageError(f"-k {ks!r}: cut-offs must be integers of at least 1, such as 1,5,10")
+    fk = fusion_kwargs(fusion, weights, rrf_k, norm, candidates)
     qs = load_queries(queries)
     with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
-        report = evaluate(s, qs, cutoffs, mode=mode, rerank=not no_rerank, per_query=bool(per_query),
-                          limit=limit, nprobe=nprobe, fusion=fusion)
+        report = evaluate(s, qs, cutoffs, mode=mode, rerank=False if no_rerank else None, per_query=bool(per_query),
+                          limit=limit, nprobe=nprobe, **fk)
     if per_query:
         with open(per_query, "w", encoding="utf-8") as fh:
             for row in report.per_query:
@@ -82,6 +86,11 @@ def _eval_table(report) -> list[str]:
              + (f", {c['title_questions']} answer_is_title scored apart" if c["title_questions"] else ""),
              f"mode     {st['mode']}{rerank}  depth {st['depth']}" + (f"  limit {st['limit']}" if st["limit"] else ""),
              ""]
+    if st.get("fusion"):
+        from mitsuke.cli.tune import describe_defaults
+
+        used = {k: st[k] for k in ("fusion", "weights", "rrf_k", "norm", "candidates") if k in st}
+        lines.insert(3, f"fusion   {describe_defaults(used, saved=False)}")
     ks = st["ks"]
     lines.append(f"{'':<14}{'n':>6}" + "".join(f"{'@' + str(k):>9}" for k in ks))
     for family, label in (("span", "span hit"), ("answer", "answer hit"), ("doc", "doc hit")):

@@ -47,6 +47,10 @@ def info(index_dir, as_json):
         if tuning.get("note"):
             click.echo(f"            {tuning['note']}")
     click.echo(f"generation  {data['generation']}")
+    if data["model"]:
+        from mitsuke.cli.tune import describe_defaults
+
+        click.echo(f"search      {describe_defaults(data.get('search_defaults'))}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<18}{size:>12,} bytes")
 

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from mitsuke.cli.options import CONTEXT, MAX_K, index_option, json_option, mode_option
+from mitsuke.cli.options import CONTEXT, MAX_K, fusion_kwargs, fusion_options, index_option, json_option, mode_option
 from mitsuke.cli.terminal import printable
 from mitsuke.search.highlight import normalized_with_map, query_terms
 
@@ -22,18 +22,13 @@ __all__ = ["search"]
 @click.option("--no-rerank", is_flag=True, help="Keep the ANN order (skip exact cosine over stored vectors).")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Filter on document metadata or doc_key (glob), title, source_type, source (repeatable, ANDed).")
-@click.option("--candidates", type=click.IntRange(min=1, max=MAX_K * 10), default=None,
-              help="Dense candidates rescored exactly / per leg in hybrid mode (default: 10 × k).")
 @click.option("--nprobe", type=click.IntRange(min=1, max=1 << 20), default=None,
               help="IVF cells to visit (default: the manifest's).")
-@click.option("--fusion", type=click.Choice(["rrf", "weighted"]), default="rrf", show_default=True,
-              help="How hybrid mode combines dense and lexical results: reciprocal ranks or normalised scores.")
-@click.option("--weights", default=None, metavar="DENSE,LEXICAL",
-              help="Hybrid leg weights, e.g. 0.3,1 to trust BM25 more than a weak model (default 1,1).")
+@fusion_options
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device,
+def search(query, index_dir, k, mode, no_rerank, where, nprobe, fusion, weights, rrf_k, norm, candidates, device,
            trust_remote_code, as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
@@ -50,7 +45,10 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
       mitsuke search "豊岡市の冬の降雪量は?" --index idx
       mitsuke search "清水建設" --index idx --mode lexical -k 3 --json
       mitsuke search "空港" --index idx --where 'doc_key=空*' --where lang=ja
-      mitsuke search "更科蕎麦" --index idx --fusion weighted --weights 0.3,1
+      mitsuke search "更科蕎麦" --index idx --fusion rrf --weights 0.3,1
+
+    Hybrid settings left out come from the index's search defaults (`mitsuke
+    tune --save`, shown by `mitsuke info`), else convex tmm 0.2:0.8.
     """
     import time
 
@@ -60,12 +58,7 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
 
     if not query.strip():
         raise click.UsageError("the query is empty; give the words to search for, e.g. mitsuke search \"豊岡市の気候\"")
-    w = None
-    if weights is not None:
-        try:
-            w = [float(x) for x in weights.split(",")]
-        except ValueError:
-            raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
+    fk = fusion_kwargs(fusion, weights, rrf_k, norm, candidates)
     filters = parse_where(list(where)) or None
     with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
         if filters:
@@ -73,8 +66,8 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
         if s.has_dense and mode != "lexical":
             s.embedder  # noqa: B018 -- load the model first: the time shown is the search's own
         started = time.perf_counter()
-        hits = s.search(query, k=k, mode=mode, rerank=not no_rerank, where=filters,
-                        candidates=candidates, nprobe=nprobe, fusion=fusion, weights=w)
+        hits = s.search(query, k=k, mode=mode, rerank=False if no_rerank else None, where=filters, nprobe=nprobe,
+                        **fk)
         took_ms = (time.perf_counter() - started) * 1000
     took = f"{len(hits)} passage{'s' if len(hits) != 1 else ''} in {took_ms:.1f} ms"
     if as_json:

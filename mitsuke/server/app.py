@@ -41,7 +41,7 @@ __all__ = ["create_app", "SafeJSONResponse"]
 
 log = logging.getLogger("mitsuke")
 
-_SEARCH_OPTIONS = ("k", "mode", "rerank", "where", "candidates", "nprobe", "fusion", "weights")
+_SEARCH_OPTIONS = ("k", "mode", "rerank", "where", "candidates", "nprobe", "fusion", "weights", "rrf_k", "norm")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
     422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}

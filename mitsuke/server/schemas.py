@@ -13,13 +13,14 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "Mode", "Fusion", "WhereValue", "PassageOut", "SearchResponse", "BatchResponse", "BatchItem",
+    "Mode", "Fusion", "Norm", "WhereValue", "PassageOut", "SearchResponse", "BatchResponse", "BatchItem",
     "ContextResponse", "ContextPassageOut", "DocumentSummary", "DocumentList", "ChunkOut", "DocumentOut",
     "ErrorBody", "ErrorResponse", "RequestModels", "request_models",
 ]
 
 Mode = Literal["hybrid", "dense", "lexical"]
-Fusion = Literal["rrf", "weighted"]
+Fusion = Literal["convex", "rrf", "weighted"]
+Norm = Literal["tmm", "minmax"]
 Scalar = Union[str, int, float, bool]
 WhereValue = Union[Scalar, list[Scalar]]
 
@@ -159,13 +160,17 @@ def request_models(max_query_chars: int, max_k: int, max_batch: int) -> RequestM
         model_config = _STRICT
         k: int = K
         mode: Optional[Mode] = Field(None, description="default: hybrid when the index has a model, else lexical")
-        rerank: bool = Field(True, description="rescore dense candidates by exact cosine")
+        rerank: Optional[bool] = Field(None, description="rescore dense candidates by exact cosine "
+                                                          "(default: the index's search defaults, else true)")
         where: Optional[dict[str, WhereValue]] = Field(
             None, max_length=32, description="metadata filters, ANDed: {'doc_key': '空*', 'lang': ['ja', 'en']}")
         candidates: Optional[int] = Field(None, ge=1, le=max_k * 10)
         nprobe: Optional[int] = Field(None, ge=1, le=1 << 16)
-        fusion: Optional[Fusion] = None
+        fusion: Optional[Fusion] = Field(None, description="default: the index's search defaults "
+                                                            "(mitsuke tune --save), else convex")
         weights: Optional[list[float]] = Field(None, min_length=2, max_length=2, description="[dense, lexical]")
+        rrf_k: Optional[int] = Field(None, ge=0, le=1 << 20, description="RRF constant (fusion rrf)")
+        norm: Optional[Norm] = Field(None, description="convex fusion's normalisation")
 
     class SearchRequest(SearchOptions):
         """Same options as `mitsuke search`."""
