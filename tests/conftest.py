@@ -177,3 +177,18 @@ def index_factory(tmp_path_factory):
         return path
 
     return build
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (tests/pgserver.py); skips without the binaries, unless $CI is set."""
+    from pgserver import start_server
+
+    try:
+        server = start_server()
+    except (FileNotFoundError, RuntimeError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()

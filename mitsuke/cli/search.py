@@ -6,7 +6,7 @@ import re
 
 import click
 
-from mitsuke.cli.options import CONTEXT, MAX_K, index_option, json_option, mode_option
+from mitsuke.cli.options import CONTEXT, MAX_K, cache_option, index_option, json_option, mode_option
 from mitsuke.cli.terminal import printable
 from mitsuke.search.highlight import normalized_with_map, query_terms
 
@@ -16,6 +16,7 @@ __all__ = ["search"]
 @click.command(context_settings=CONTEXT)
 @click.argument("query")
 @index_option
+@cache_option
 @click.option("-k", "k", type=click.IntRange(min=1, max=MAX_K), default=10, show_default=True,
               help="Number of passages.")
 @mode_option
@@ -33,7 +34,7 @@ __all__ = ["search"]
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device,
+def search(query, index_dir, cache_dir, k, mode, no_rerank, where, candidates, nprobe, fusion, weights, device,
            trust_remote_code, as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
@@ -67,7 +68,8 @@ def search(query, index_dir, k, mode, no_rerank, where, candidates, nprobe, fusi
         except ValueError:
             raise click.UsageError(f"--weights {weights!r}: expected two numbers DENSE,LEXICAL such as 0.3,1") from None
     filters = parse_where(list(where)) or None
-    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code,
+                       cache=cache_dir) as s:
         if filters:
             warn_unknown_keys(s, filters)
         if s.has_dense and mode != "lexical":
