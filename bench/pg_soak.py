@@ -42,7 +42,8 @@ QUESTIONS = ["蕎麦", "東京の首都", "雪", "基準点", "台所", "ｶﾀ�
 
 
 def doc(key: str, n: int, version: int = 0) -> dict:
-    return {"id": key, "title": key, "text": f"第{version}版。{n}番目。" + SENT[n % 6] + SENT[(n * 5 + 1) % 6] * (1 + n % 3)}
+    text = f"第{version}版。{n}番目。" + SENT[n % 6] + SENT[(n * 5 + 1) % 6] * (1 + n % 3)
+    return {"id": key, "title": key, "text": text}
 
 
 def answers(searcher) -> list:

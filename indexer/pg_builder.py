@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from mitsuke.indexer.embedding import Embedder
 
-__all__ = ["PgIndexBuilder", "read_pg_manifest"]
+__all__ = ["PgIndexBuilder", "read_pg_manifest", "pg_document_hashes"]
 
 log = logging.getLogger("mitsuke")
 
@@ -49,6 +49,18 @@ def read_pg_manifest(store: PostgresStore, conn: Any) -> Manifest | None:
     """The index's manifest as stored in PostgreSQL (None for a fresh schema)."""
     data = store.read_manifest(conn)
     return None if data is None else Manifest.from_json(data, f"{store.location.display} (index_manifest)")
+
+
+def pg_document_hashes(url: str | PgLocation) -> dict[str, tuple[int, str]]:
+    """Key -> (document id, content hash) of the PostgreSQL index ``url``; empty when it holds none. Read-only."""
+    store = PostgresStore(parse_location(url), readonly=True)
+    try:
+        with store.snapshot() as snap:
+            if store.read_manifest(snap.conn) is None:
+                return {}
+            return snap.document_hashes()
+    finally:
+        store.close()
 
 
 class PgIndexBuilder(IndexWriter):

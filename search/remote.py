@@ -12,16 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mitsuke.indexer.errors import IndexFormatError
 from mitsuke.indexer.layout import Manifest
 from mitsuke.indexer.location import PgLocation, default_cache_dir, parse_location
 from mitsuke.indexer.pg_cache import sync_cache
 from mitsuke.indexer.store.postgres import PostgresStore
-
-if TYPE_CHECKING:
-    from mitsuke.search.searcher import Searcher
 
 __all__ = ["CacheFeed", "REFRESH_SECONDS", "open_remote"]
 
@@ -69,9 +66,9 @@ class CacheFeed:
         self.remote.close()
 
 
-def open_remote(cls: type[Searcher], url: str | PgLocation, cache: str | Path | None, refresh_seconds: float | None,
-                *, model: str | None = None, embedder: Any = None, **options: Any) -> Searcher:
-    """``Searcher.open(url)``: a ``cls`` on the caught-up cache directory, keeping it caught up."""
+def open_remote(cls: Any, url: str | PgLocation, cache: str | Path | None, refresh_seconds: float | None,
+                *, model: str | None = None, embedder: Any = None, **options: Any) -> Any:
+    """``Searcher.open(url)``: a ``cls`` (the ``Searcher`` class) on the caught-up cache directory, kept caught up."""
     feed = CacheFeed(url, cache, REFRESH_SECONDS if refresh_seconds is None else refresh_seconds)
     try:
         manifest = feed.manifest()

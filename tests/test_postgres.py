@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from corpus import DATA, DEMO_QUESTIONS, EVAL_DOCS, HARD_QUESTIONS, SENTENCES, write_jsonl
+
 from mitsuke.cli import cli
 from mitsuke.indexer import IndexBuilder
 from mitsuke.indexer.config import AnnConfig
@@ -217,7 +217,8 @@ def test_killed_writer_leaves_index_answering_and_rerun_completes(pg_server, tin
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
-        (src / f"文書{i:02d}.txt").write_text(SENTENCES[i % 8] + f"\n第{i}章。" + SENTENCES[(i + 3) % 8], encoding="utf-8")
+        text = SENTENCES[i % 8] + f"\n第{i}章。" + SENTENCES[(i + 3) % 8]
+        (src / f"文書{i:02d}.txt").write_text(text, encoding="utf-8")
     log = tmp_path / "embedded.log"
     env = {"MITSUKE_TEST_EMBED_LOG": str(log), "MITSUKE_TEST_KILL_AT": "before_commit:3"}
     r = run_cli("index", src, "--index", url, "--model", tiny_model, "--batch-docs", "2", env=env)
@@ -256,7 +257,8 @@ def test_password_never_in_any_output(pg_server, tmp_path):
     url = pg_server.url(user=role, password=secret, schema=schema)
     corpus = write_jsonl(tmp_path / "c.jsonl", EVAL_DOCS)
     queries = write_jsonl(tmp_path / "q.jsonl", [
-        {"qid": "1", "question": "享保の将軍は誰？", "answers": ["徳川吉宗"], "doc_id": "享保", "answer_spans": [[15, 19]]}])
+        {"qid": "1", "question": "享保の将軍は誰？", "answers": ["徳川吉宗"], "doc_id": "享保",
+         "answer_spans": [[15, 19]]}])
     cache = ["--cache", tmp_path / "cache"]
     runner = CliRunner()
     invoke = lambda *a: runner.invoke(cli, [str(x) for x in a])  # noqa: E731
