@@ -175,6 +175,9 @@ def reader(url: str, k: int, cache: str, seconds: float, out) -> None:
 
 
 def mixed(url: str, root: Path, writers: int, readers: int, seconds: float) -> dict:
+    from mitsuke.indexer import IndexBuilder
+
+    IndexBuilder.open(url, model="none").close()  # the index exists (no documents) before readers open it
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=writer, args=(url, k, seconds, out)) for k in range(writers)]

@@ -55,9 +55,10 @@ def pg_document_hashes(url: str | PgLocation) -> dict[str, tuple[int, str]]:
     """Key -> (document id, content hash) of the PostgreSQL index ``url``; empty when it holds none. Read-only."""
     store = PostgresStore(parse_location(url), readonly=True)
     try:
-        with store.snapshot() as snap:
-            if store.read_manifest(snap.conn) is None:
+        with store.begin() as conn:  # before a snapshot: a snapshot reads tables a fresh schema lacks
+            if store.read_manifest(conn) is None:
                 return {}
+        with store.snapshot() as snap:
             return snap.document_hashes()
     finally:
         store.close()

@@ -276,6 +276,8 @@ def test_password_never_in_any_output(pg_server, tmp_path):
         invoke("-vv", "index", corpus, "--index", url, "--model", "other-model"),
         invoke("search", "x", "--index", url.replace(schema, "no_such_schema"), "--cache", tmp_path / "c2"),
         run_cli("info", "--index", url.replace(f":{pg_server.port}/", ":1/"), "--cache", tmp_path / "c3"),
+        run_cli("docs", "delete", "no-such-key", "--index", url, "--yes", env={"MITSUKE_CACHE": str(tmp_path / "c4")}),
+        run_cli("-vv", "verify", "--index", url),
     ]
     code = lambda r: r.returncode if hasattr(r, "returncode") else r.exit_code  # noqa: E731
     assert [code(r) for r in runs[:7]] == [0] * 7, [r.stderr for r in runs]
@@ -312,3 +314,21 @@ def test_least_privilege_role_works_on_its_own_schema_only(pg_server, tmp_path):
         with pytest.raises(Exception) as err:
             IndexBuilder.open(pg_server.url(user=role, schema=schema), model="none")
         assert "permission denied" in str(err.value)
+
+
+def test_dry_run_and_prune_read_the_url_index(pg_server, tmp_path):
+    """The plan (--dry-run, the --prune guard) reads the PostgreSQL index, also before its schema exists."""
+    url = pg_server.url(schema=fresh_schema())
+    corpus = write_jsonl(tmp_path / "c.jsonl", EVAL_DOCS)
+    r = run_cli("index", corpus, "--index", url, "--model", "none", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["add"]) == len(EVAL_DOCS)
+    assert run_cli("index", corpus, "--index", url, "--model", "none").returncode == 0
+    r = run_cli("index", corpus, "--index", url, "--model", "none", "--dry-run", "--json")
+    plan = json.loads(r.stdout)
+    assert plan["add"] == [] and plan["unchanged"] == len(EVAL_DOCS), plan
+    one = write_jsonl(tmp_path / "one.jsonl", EVAL_DOCS[:1])
+    r = run_cli("index", one, "--index", url, "--model", "none", "--prune", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deleted"] == len(EVAL_DOCS) - 1, r.stderr
+    r = run_cli("verify", "--index", url)
+    assert r.returncode == 1 and "PostgreSQL index" in r.stderr and len(r.stderr.strip().splitlines()) == 1
