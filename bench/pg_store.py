@@ -70,13 +70,16 @@ def copies(docs, start: int, chunks_wanted: int, chunks_per_doc: float) -> list[
              "text": f"第{start + i}版。" + docs[i % len(docs)]["text"]} for i in range(n)]
 
 
-def query_times(searcher, questions, **kw) -> dict[str, float]:
-    ms = []
-    for q in questions:
-        t = time.perf_counter()
-        searcher.search(q, k=10, **kw)
-        ms.append((time.perf_counter() - t) * 1000)
-    return percentiles(ms)
+def query_times(a, b, questions, **kw) -> tuple[dict[str, float], dict[str, float]]:
+    """Percentiles of ``a`` and ``b`` answering ``questions``, interleaved (each question on both, order
+    alternating), so that load from other processes falls on both alike."""
+    ms: tuple[list[float], list[float]] = ([], [])
+    for i, q in enumerate(questions):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t = time.perf_counter()
+            (a, b)[j].search(q, k=10, **kw)
+            ms[j].append((time.perf_counter() - t) * 1000)
+    return percentiles(ms[0]), percentiles(ms[1])
 
 
 def main() -> None:
@@ -117,10 +120,8 @@ def main() -> None:
             b.add_documents(new)
         with Searcher.open(root / "dir", embedder=emb) as d:
             for mode in ("hybrid", "lexical"):
-                query_times(d, questions[:20], mode=mode)  # warm both
-                query_times(node, questions[:20], mode=mode)
-                dq = query_times(d, questions, mode=mode)
-                nq = query_times(node, questions, mode=mode)
+                query_times(d, node, questions[:20], mode=mode)  # warm both
+                dq, nq = query_times(d, node, questions, mode=mode)
                 out[f"query_{mode}"] = {"directory": dq, "pg_node": nq,
                                         "p50_ratio": nq["p50_ms"] / dq["p50_ms"]}
             same = all([(p.doc_key, round(p.score, 9)) for p in node.search(q, k=10)]

@@ -55,7 +55,10 @@ class CacheFeed:
         """Catch up now (``force``) or if ``refresh_seconds`` passed since the last time; the generation."""
         with self._lock:
             if force or time.monotonic() - self._last >= self.refresh_seconds:
-                self.generation = sync_cache(self.remote, self.cache_dir, check=False)
+                with self.remote.begin() as conn:  # one round trip when nothing was committed since
+                    head = self.remote.head(conn)
+                if head != self.generation:
+                    self.generation = sync_cache(self.remote, self.cache_dir, check=False)
                 self._last = time.monotonic()
             return self.generation
 
