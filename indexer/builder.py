@@ -13,50 +13,38 @@ Write order for every batch (DESIGN.md invariants 1, 3, 6):
    catches up from ``vectors.f16`` (idempotently: ids are removed before they
    are re-added).
 
-Compaction (when more than ``compact_ratio`` of the rows are dead):
-1. copy the live rows, in row order, to ``vectors.f16.compact-E`` and fsync;
-2. hard-link the current file as ``vectors.f16.epoch-(E-1)`` for readers
-   whose snapshot is older;
-3. one SQLite transaction: every chunk's new ``vector_row``, ``vector_rows``,
-   ``vectors_epoch`` = E, deletions up to now forgotten (``deleted_floor``);
-4. rename ``compact-E`` over ``vectors.f16``;
-5. rebuild the ANN index from the new file and save it.
-A kill before 3 leaves an uncommitted ``compact-E`` that the next writer
-deletes; after 3, the next writer (or any reader) uses ``compact-E`` until
-the rename is finished.
+Compaction and the ANN index's upkeep are ``indexer.upkeep``'s; what every
+writer shares (loading, chunking, batching, embedding) is ``indexer.writer``'s.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mitsuke.indexer.ann import AnnIndex
-from mitsuke.indexer.ann_tune import needs_tuning, tune_ann
-from mitsuke.indexer.checksums import Block, extend_blocks, file_blocks
-from mitsuke.indexer.chunking import Chunk, Chunker
-from mitsuke.indexer.config import DEFAULT_MODEL, AnnConfig, ChunkConfig, EmbedConfig
-from mitsuke.indexer.documents import Document, LoadFailure, document_from_mapping
+from mitsuke.indexer.checksums import Block, extend_blocks
+from mitsuke.indexer.chunking import Chunker
+from mitsuke.indexer.config import AnnConfig, ChunkConfig, EmbedConfig
 from mitsuke.indexer.durable import WriterLock, fault_point, leftover_temp_files
-from mitsuke.indexer.errors import IndexFormatError, MitsukeError
+from mitsuke.indexer.errors import IndexFormatError
 from mitsuke.indexer.identity import adopt_identity, check_files_beside
-from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
-from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, VECTORS_FILE, AnnState, Counts, IndexPaths, Manifest
-from mitsuke.indexer.loaders import FormatOptions, iter_documents
-from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_input
-from mitsuke.indexer.protocol import check_embedder, model_info
-from mitsuke.indexer.recovery import load_ann, rebuild_ann
+from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
+from mitsuke.indexer.location import is_url
+from mitsuke.indexer.prepared import embedding_input
+from mitsuke.indexer.recovery import load_ann
 from mitsuke.indexer.salvage import Salvage, reembed_missing, settle_vectors
 from mitsuke.indexer.store import MetadataStore
+from mitsuke.indexer.upkeep import DirectoryUpkeep
 from mitsuke.indexer.vectors import VectorStore
+from mitsuke.indexer.writer import IndexSummary, IndexWriter, _Pending, document_row, record_embedding, settle_open
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from mitsuke.indexer.embedding import Embedder
 
 __all__ = ["IndexBuilder", "IndexSummary", "embedding_input", "record_embedding"]
@@ -64,37 +52,8 @@ __all__ = ["IndexBuilder", "IndexSummary", "embedding_input", "record_embedding"
 log = logging.getLogger("mitsuke")
 
 
-@dataclass
-class IndexSummary:
-    """What one indexing run did (``mitsuke index --json`` prints it)."""
-
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
-    chunks_embedded: int = 0
-    chunks_added: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-            "deleted": self.deleted, "failed": list(self.failed),
-            "chunks_embedded": self.chunks_embedded, "chunks_added": self.chunks_added,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass
-class _Pending:
-    doc: Document | PreparedDocument
-    chunks: list[Chunk]
-    old_doc_id: int | None
-
-
-class IndexBuilder:
-    """Build or update an index directory. Use as a context manager: it commits on exit.
+class IndexBuilder(IndexWriter, DirectoryUpkeep):
+    """Build or update an index directory (or a PostgreSQL index). Use as a context manager: it commits on exit.
 
     >>> with IndexBuilder.open("idx", model="none") as b:          # doctest: +SKIP
     ...     b.add_paths(["data/"])
@@ -175,7 +134,15 @@ class IndexBuilder:
 
         ``recall_target``: mean recall@10 that the measured IVF-PQ search
         settings must reach (default 0.97; kept in the manifest's ``ann_config``).
+
+        ``path`` may be a PostgreSQL URL (``indexer.location``): the writer is
+        then a ``PgIndexBuilder`` (many at once, no directory lock).
         """
+        if is_url(path):
+            from mitsuke.indexer.pg_builder import PgIndexBuilder
+
+            return PgIndexBuilder.open_url(path, model, chunking=chunking, ann=ann, embed=embed, embedder=embedder,
+                                           load_model=load_model, recall_target=recall_target, **kwargs)
         path = Path(path)
         paths = IndexPaths(path)
         # What this call creates is removed again if opening fails: directories, LOCK, a first manifest.
@@ -189,56 +156,13 @@ class IndexBuilder:
             if manifest is None and paths.meta.exists():
                 raise IndexFormatError(f"{path} has {META_FILE} but no {MANIFEST_FILE}: not a complete mitsuke index")
             check_files_beside(paths, manifest)
-            embed = embed or EmbedConfig()
-            wanted = model if model is not None else (manifest.model_name if manifest else DEFAULT_MODEL)
-            if embedder is not None:
-                check_embedder(embedder)
-            if embedder is not None and model is None:
-                wanted = embedder.info.name  # a ready embedder names its own model
-            lexical_only = str(wanted).lower() == "none"
-            if manifest is not None:
-                manifest.check_model(path, model=model, embedder=embedder, writing=True)
-                if manifest.lexical_analysis_differs:
-                    raise IndexFormatError(
-                        f"index {path} holds lexical terms of analysis v{manifest.lexical_analysis}, this mitsuke "
-                        f"writes v{LEXICAL_ANALYSIS_VERSION}; mixing them breaks BM25: rebuild the index in a new "
-                        "directory"
-                    )
-                if chunking is not None and manifest.chunking != chunking:
-                    raise IndexFormatError(
-                        f"index {path} was built with chunking {asdict(manifest.chunking)}; "
-                        "changing it needs a new index"
-                    )
-            if not load_model and manifest is None:
-                raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE}); nothing to change")
-            if embedder is None and not lexical_only and load_model:
-                from mitsuke.indexer.embedding import Embedder
-
-                recorded = manifest.model if manifest else None  # reopen: the recorded directory/revision
-                embedder = Embedder.from_pretrained(
-                    recorded.source() if recorded else wanted, device=embed.device, dtype=embed.dtype,
-                    max_length=embed.max_length, trust_remote_code=embed.trust_remote_code,
-                    batch_tokens=embed.batch_tokens, revision=recorded.revision if recorded else None)
-                if manifest is not None:
-                    manifest.check_dim(embedder)
-            if manifest is None:
-                try:  # a bad budget/overlap pair must fail before the manifest is written
-                    Chunker(chunking or ChunkConfig(), embedder.count_tokens if embedder else None)
-                except ValueError as exc:
-                    raise MitsukeError(f"chunking settings: {exc}") from None
-                manifest = Manifest.new(model_info(embedder) if embedder else None, chunking or ChunkConfig(),
-                                        ann or AnnConfig())
+            manifest, embedder, new = settle_open(path, manifest, model, chunking=chunking, ann=ann, embed=embed,
+                                                  embedder=embedder, load_model=load_model,
+                                                  recall_target=recall_target)
+            if new:
                 # Written before meta.sqlite exists: a kill during the first
                 # run must leave an index that opens (invariant 6).
                 manifest = manifest.write(path)
-            elif ann is not None:
-                manifest = replace(manifest, ann_config=ann)
-            if recall_target is not None:
-                try:
-                    cfg = replace(manifest.ann_config, recall_target=float(recall_target))
-                except (TypeError, ValueError) as exc:
-                    raise MitsukeError(f"--recall-target {recall_target!r}: {exc}") from None
-                manifest = replace(manifest, ann_config=cfg)
             return cls(path, manifest, embedder, lock, **kwargs)
         except BaseException:
             lock.release()
@@ -255,13 +179,6 @@ class IndexBuilder:
                                          index_id=self.manifest.index_id)
         if changed:
             self._save_ann()
-
-    # ------------------------------------------------------------------ context manager
-    def __enter__(self) -> "IndexBuilder":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(commit=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
 
     def close(self, commit: bool = True) -> None:
         if self._closed:
@@ -284,92 +201,6 @@ class IndexBuilder:
             self.store.close()
             self._lock.release()
 
-    # ------------------------------------------------------------------ adding
-    def add_paths(self, paths: Iterable[str], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                  encoding: str | None = None, stdin=None, formats: FormatOptions | None = None) -> IndexSummary:
-        """Index files, directories (recursive) and ``-`` (JSONL on stdin); ``formats``: PDF/CSV options."""
-        return self.add_documents(iter_documents(paths, include=include, exclude=exclude, encoding=encoding,
-                                                 stdin=stdin, formats=formats))
-
-    def add_documents(self, docs: Iterable[Document | LoadFailure | Mapping[str, Any]]) -> IndexSummary:
-        """Add or update documents; unchanged ones (same key and content hash) are skipped.
-
-        A mapping becomes a ``Document`` by the JSONL rule (``document_from_mapping``);
-        one without an id is keyed ``<documents>#<position>`` (1-based, in this call).
-        """
-        for n, item in enumerate(docs, 1):
-            if isinstance(item, Mapping):
-                item = document_from_mapping(item, where=f"<documents>#{n}", fallback_key=f"<documents>#{n}")
-            if isinstance(item, LoadFailure):
-                self._fail(item.path, item.reason)
-                continue
-            self._add_one(item)
-        self.flush()
-        return self.summary
-
-    def add_prepared(self, items: Iterable[PreparedDocument | LoadFailure]) -> IndexSummary:
-        """Commit documents chunked, analysed and embedded elsewhere (see :mod:`mitsuke.indexer.distributed`).
-
-        The rules of :meth:`add_documents` hold: failures are recorded, a key seen
-        twice keeps the first, a document whose hash the index holds is unchanged
-        (``chunks is None`` marks one found unchanged where it was loaded); the
-        rest is committed in batches through the same crash-safe write path.
-        """
-        for item in items:
-            if isinstance(item, LoadFailure):
-                self._fail(item.path, item.reason)
-            elif self._admit(item) is not None:
-                if item.chunks is None:
-                    raise MitsukeError(f"document {item.key!r} came back unprepared although the index "
-                                       "does not hold it unchanged: was it loaded against another index?")
-                self._queue(_Pending(item, item.chunks, self._known[item.key][0] if item.key in self._known
-                                     else None))
-        self.flush()
-        return self.summary
-
-    def known_hashes(self) -> dict[str, str]:
-        """``{key: content_hash}`` of the committed documents (what a distributed run skips early)."""
-        return {key: digest for key, (_, digest) in self._known.items()}
-
-    def _admit(self, doc: Document | PreparedDocument) -> Document | PreparedDocument | None:
-        """``doc`` if it needs indexing; ``None`` for a duplicate key (a failure) or an unchanged document."""
-        if doc.key in self._seen:
-            self._fail(doc.source or doc.key, f"duplicate document key {doc.key!r} in this run; kept the first")
-            return None
-        self._seen.add(doc.key)
-        known = self._known.get(doc.key)
-        if known and known[1] == doc.content_hash:
-            self.summary.unchanged += 1
-            if self.on_progress:
-                self.on_progress("unchanged", 1)
-            return None
-        return doc
-
-    def _queue(self, pending: _Pending) -> None:
-        self._pending.append(pending)
-        self._pending_chunks += len(pending.chunks)
-        if len(self._pending) >= self.batch_docs or self._pending_chunks >= self.batch_chunks:
-            self.flush()
-
-    def _fail(self, path: str, reason: str) -> None:
-        # Reported once, by whoever reads summary.failed (the CLI prints it); logged for -v.
-        log.info("skipped %s: %s", path, reason)
-        self.summary.failed.append({"path": path, "reason": reason})
-        if self.on_progress:
-            self.on_progress("failed", 1)
-
-    def _add_one(self, doc: Document) -> None:
-        if self._admit(doc) is None:
-            return
-        known = self._known.get(doc.key)
-        try:
-            chunks = self.chunker.chunk(doc.text, markdown=doc.has_headings, breaks=doc.page_starts)
-        except Exception as exc:  # a chunker bug on one document must not end the run
-            log.exception("chunking failed for %s", doc.key)
-            self._fail(doc.source or doc.key, f"chunking failed: {type(exc).__name__}: {exc}")
-            return
-        self._queue(_Pending(doc, chunks, known[0] if known else None))
-
     def delete(self, keys: Iterable[str]) -> int:
         """Delete documents by key (their chunks leave SQLite, FTS5 and the ANN index); returns how many existed."""
         self.flush()
@@ -385,36 +216,9 @@ class IndexBuilder:
             total += len(part)
         return total
 
-    def prune(self) -> int:
-        """Delete every document not seen in this run (the index mirrors the inputs)."""
-        self.flush()
-        gone = [k for k in self._known if k not in self._seen]
-        return self.delete(gone)
-
     # ------------------------------------------------------------------ committing
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending, self._pending_chunks = self._pending, [], 0
-        self._commit(pending)
-
     def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
-        if pending and isinstance(pending[0].doc, PreparedDocument):
-            vecs, terms = self._prepared_parts(pending)  # embedded elsewhere (mitsuke.indexer.distributed)
-        else:
-            if pending and self.embedder is None and self.dim:
-                raise MitsukeError(f"index {self.path} was opened without its model (load_model=False): "
-                                   "it can delete and compact, not add documents")
-            texts = [embedding_input(c.text, p.doc.title, c.headings, self.chunk_config.title_context)
-                     for p in pending for c in p.chunks]
-            vecs = None
-            if self.vectors is not None and self.embedder is None and texts:
-                raise MitsukeError(f"index {self.path} was opened without its model (repair): "
-                                   "it cannot add documents")
-            if self.embedder is not None and texts:
-                record_embedding((p.doc.key, p.doc.content_hash) for p in pending)
-                vecs = self.embedder.encode_documents(texts, progress=self._token_progress)
-            terms = [t for p in pending for t in chunk_terms(p.chunks, p.doc.title)]
+        vecs, terms = self._embed_batch(pending)  # before the transaction: the slow part holds no lock
         generation = self.generation + 1
         self._lock.ensure_valid()
         changed: dict[int, Block] = {}
@@ -434,12 +238,7 @@ class IndexBuilder:
             doc_ids: dict[str, int] = {}
             for p in pending:
                 doc = p.doc
-                doc_id = self.store.insert_document(conn, {
-                    "key": doc.key, "content_hash": doc.content_hash, "title": doc.title, "source": doc.source,
-                    "source_type": doc.source_type, "encoding": doc.encoding, "meta": doc.metadata,
-                    "n_chars": doc.n_chars if isinstance(doc, PreparedDocument) else len(doc.text),
-                    "generation": generation, "page_starts": list(doc.page_starts) or None,
-                })
+                doc_id = self.store.insert_document(conn, document_row(doc, generation))
                 doc_ids[doc.key] = doc_id
                 for c in p.chunks:
                     chunk_rows.append({
@@ -470,21 +269,6 @@ class IndexBuilder:
         if self.vectors is not None:
             self._update_ann(np.array([r["id"] for r in chunk_rows], dtype=np.int64), vecs, removed)
 
-    def _prepared_parts(self, pending: list[_Pending]) -> tuple[np.ndarray | None, list[str]]:
-        """Vectors (float32 of the float16 that travelled) and term strings of prepared documents."""
-        terms = [t for p in pending for t in p.doc.terms]
-        if self.vectors is None or not any(p.chunks for p in pending):
-            return None, terms
-        parts = []
-        for p in pending:
-            v = p.doc.vectors
-            if v is None or v.shape != (len(p.chunks), self.dim):
-                raise MitsukeError(f"document {p.doc.key!r} came back with vectors of shape "
-                                   f"{None if v is None else v.shape}, expected ({len(p.chunks)}, {self.dim}): "
-                                   "were the workers given this index's model?")
-            parts.append(v)
-        return np.concatenate(parts).astype(np.float32), terms
-
     def _embed_chunks(self, chunk_ids) -> np.ndarray | None:
         """Vectors of stored chunks, embedded again from their stored text (lost vectors)."""
         if self.embedder is None:
@@ -511,130 +295,6 @@ class IndexBuilder:
             self.rebuild_ann()
         return n
 
-    def rebuild_ann(self) -> None:
-        """Rebuild ``ann.faiss`` from the stored vectors and save it (it is derived data)."""
-        if self.vectors is None:
-            return
-        with self.store.begin() as conn:
-            params = self.manifest.ann_params(self.store.counts(conn)["chunks"])
-            self.ann = rebuild_ann(self.store, conn, self.vectors, params)
-        self._save_ann()
-
-    def _token_progress(self, n_tokens: int) -> None:
-        if self.on_progress:
-            self.on_progress("tokens", n_tokens)
-
-    # ------------------------------------------------------------------ ANN upkeep
-    def _update_ann(self, ids: np.ndarray, vecs: np.ndarray | None, removed: list[int]) -> None:
-        if self.ann is None or not self.ann.is_trained:
-            self._ann_dirty = True  # built (and trained) at close, when the count is known
-            return
-        self.ann.remove(removed)
-        if vecs is not None and len(ids):
-            self.ann.add(ids, vecs)
-        self._ann_dirty = True
-        if time.monotonic() - self._last_ann_save > self.ann_save_seconds:
-            self._save_ann()
-
-    # ------------------------------------------------------------------ compaction
-    def maybe_compact(self, force: bool = False) -> bool:
-        """Compact ``vectors.f16`` if enough of it is dead (or ``force``); returns whether it did."""
-        if self.vectors is None:
-            return False
-        self.flush()
-        with self.store.begin() as conn:
-            dead = self.store.dead_vector_rows(conn)
-            total = self.store.vector_rows(conn)
-        if dead == 0 or not force and (dead < self.compact_min_rows or dead <= self.compact_ratio * total):
-            return False
-        self.compact()
-        return True
-
-    def compact(self) -> None:
-        """Rewrite ``vectors.f16`` with live rows only and rebuild the ANN index from it (no re-embedding).
-
-        See the module docstring for the order of steps and what a kill at each one leaves.
-        """
-        with self.store.begin() as conn:
-            live = self.store.live_vectors(conn, by_row=True)
-            epoch = self.store.vectors_epoch(conn) + 1
-            before = self.store.vector_rows(conn)
-        ids = np.array([c for c, _ in live], dtype=np.int64)
-        old_rows = np.array([r for _, r in live], dtype=np.int64)
-        log.info("compacting %s: %d live of %d rows (epoch %d)", VECTORS_FILE, len(live), before, epoch)
-        target = self.vectors.write_compacted(old_rows, epoch)
-        sums = file_blocks(target, self.vectors.row_bytes, len(ids))
-        fault_point("compact_written")
-        self.vectors.retire(epoch - 1)
-        self._lock.ensure_valid()
-        with self.store.begin() as conn:
-            self.store.set_block_checksums(conn, sums, replace_all=True)
-            self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
-            self.store.set_state(conn, "vector_rows", len(ids))
-            self.store.set_state(conn, "vectors_epoch", epoch)
-            self.store.prune_deleted(conn, self.generation)
-            fault_point("compact_before_commit")
-        fault_point("compact_committed")
-        self._sums = sums
-        self.vectors.install(epoch)
-        self.vectors.expect(self._sums)
-        self.vectors.tidy(epoch)
-        # The ANN index holds ids, not rows, so it is still right; it is rebuilt
-        # anyway (reusing its training) so a long-lived index sheds the
-        # imbalance that many removals leave in the inverted lists.
-        if self.ann is not None:
-            with self.store.begin() as conn:
-                self.ann = rebuild_ann(self.store, conn, self.vectors, self.ann.params, trained=self.ann)
-            self._save_ann()
-
-    # ------------------------------------------------------------------ ANN choice
-    def _maybe_switch_ann(self) -> None:
-        """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
-        with self.store.begin() as conn:
-            n = self.store.counts(conn)["chunks"]
-            wanted = self.manifest.ann_params(n)
-            current = self.ann.params if self.ann is not None else None
-            # Re-train IVF-PQ only when the collection grew or shrank 4x past its sizing.
-            grew = current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq" and (
-                wanted.nlist >= 4 * current.nlist or wanted.nlist * 4 <= current.nlist)
-            if current is None or current.kind != wanted.kind or grew or not self.ann.is_trained:
-                log.info("building %s ANN index over %d vectors", wanted.kind, n)
-                self.ann = rebuild_ann(self.store, conn, self.vectors, wanted)
-                self._ann_dirty = True
-
-    def _save_ann(self) -> None:
-        if self.ann is None:
-            return
-        self._lock.ensure_valid()
-        size, crc = self.ann.save(self.paths.ann)
-        fault_point("ann_saved")  # ann.faiss does not match the manifest's checksum: rebuilt from vectors
-        old = self.manifest.ann
-        # The measurement stays with the index it was made on (same parameters).
-        tuning = old.tuning if old is not None and old.params == self.ann.params else None
-        self.manifest = replace(self.manifest, ann=AnnState(self.ann.params, self.generation, size=size, crc=crc,
-                                                            index_id=self.manifest.index_id, tuning=tuning))
-        self._write_manifest()
-        self._ann_dirty = False
-        self._last_ann_save = time.monotonic()
-
-    def _maybe_tune(self) -> None:
-        """Measure recall and choose nprobe / rerank pool when the IVF-PQ index is new or grew 2× (ann_tune)."""
-        state = self.manifest.ann
-        if state is None or not needs_tuning(state.tuning, self.ann, self.manifest.ann_config.recall_target):
-            return
-        with self.store.begin() as conn:
-            live = self.store.live_vectors(conn)
-        ids = np.array([c for c, _ in live], dtype=np.int64)
-        rows = np.array([r for _, r in live], dtype=np.int64)
-        tuned = tune_ann(self.ann, self.vectors, ids, rows, target=self.manifest.ann_config.recall_target)
-        if tuned is not None:
-            self.manifest = replace(self.manifest, ann=replace(state, tuning=tuned))  # close() writes it next
-
-    def _write_manifest(self) -> None:
-        with self.store.begin() as conn:
-            counts = self.store.counts(conn)
-        self.manifest = replace(self.manifest, generation=self.generation, counts=Counts(**counts)).write(self.path)
-
 
 def _remove_created(files: list[Path], directories: list[Path]) -> None:
     """Undo a failed open: the files it created, then the directories it made (deepest first)."""
@@ -652,18 +312,3 @@ def _remove_temp_files(path: Path) -> None:
     for tmp in leftover_temp_files(path):
         log.info("removing %s left by an interrupted write", tmp.name)
         tmp.unlink(missing_ok=True)
-
-
-def record_embedding(docs: Iterable[tuple[str, str]]) -> None:
-    """Test hook: ``MITSUKE_TEST_EMBED_LOG=FILE`` appends ``key<TAB>hash`` per document about to be embedded.
-
-    The crash tests use it to prove that no committed document is embedded again
-    (the Ray workers call it too, before they embed).
-    """
-    target = os.environ.get("MITSUKE_TEST_EMBED_LOG")
-    if not target:
-        return
-    with open(target, "a", encoding="utf-8") as fh:
-        fh.writelines(f"{key}\t{digest}\n" for key, digest in docs)
-        fh.flush()
-        os.fsync(fh.fileno())

@@ -51,7 +51,13 @@ class RunPlan:
 def indexed_hashes(index_dir: str | Path) -> dict[str, tuple[int, str]]:
     """Key -> (document id, content hash) of what ``index_dir`` holds; empty for no index. Read-only."""
     from mitsuke.indexer.layout import IndexPaths
+    from mitsuke.indexer.location import is_url
     from mitsuke.indexer.store import MetadataStore
+
+    if is_url(index_dir):
+        from mitsuke.indexer.pg_builder import pg_document_hashes
+
+        return pg_document_hashes(index_dir)
 
     meta = IndexPaths(index_dir).meta
     if not meta.exists():

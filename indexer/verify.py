@@ -53,6 +53,7 @@ class Problem:
 
 def verify_index(path: str | Path) -> list[Problem]:
     """Every problem found in the index at ``path`` (empty: healthy)."""
+    _refuse_url(path)
     paths = IndexPaths(path)
     try:
         manifest = Manifest.read(path)
@@ -194,6 +195,7 @@ def repair_index(path: str | Path, *, device: str = "auto", trust_remote_code: b
     from mitsuke.indexer.builder import IndexBuilder
     from mitsuke.indexer.config import EmbedConfig
 
+    _refuse_url(path)
     report = RepairReport()
     first = verify_index(path)
     primary = [p for p in first if p.file in (MANIFEST_FILE, META_FILE)]
@@ -216,3 +218,13 @@ def repair_index(path: str | Path, *, device: str = "auto", trust_remote_code: b
             report.ann_rebuilt = True
     report.remaining = verify_index(path)
     return report
+
+
+def _refuse_url(path: str | Path) -> None:
+    """A PostgreSQL index has no files to check: say what to do instead."""
+    from mitsuke.indexer.location import display, is_url
+
+    if is_url(path):
+        raise MitsukeError(f"{display(path)} is a PostgreSQL index: PostgreSQL checks its own data (amcheck, "
+                           "backups); a query node's cache is checked when opened and rebuilt from the database "
+                           "if damaged. `mitsuke verify --index CACHE_DIR` checks one cache")

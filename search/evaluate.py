@@ -405,7 +405,7 @@ def evaluate(searcher, queries: QuerySet | Iterable[EvalQuery], ks: Sequence[int
         log.warning("%d questions name a doc_id that is not in %s: left out of span and doc metrics",
                     extra["doc_not_in_index"], searcher.path)
     settings = {
-        "index": str(Path(searcher.path).resolve()), "queries": qset.source or None,
+        "index": searcher.index_name, "queries": qset.source or None,
         "model": searcher.model_name, "mode": mode,
         "rerank": (bool(searcher.defaults.rerank if rerank is None else rerank)) if mode != "lexical" else None,
         "ks": ks, "depth": depth, "limit": limit, "warmup": warmup,

@@ -17,6 +17,7 @@ from mitsuke.indexer.ann_tune import AnnTuning
 from mitsuke.indexer.errors import IndexFormatError, QueryError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
+from mitsuke.indexer.location import is_url
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
 from mitsuke.indexer.store import ChunkRow, Snapshot
 from mitsuke.indexer.vectors import VectorStore
@@ -30,6 +31,7 @@ from mitsuke.search.trigram import LexicalHits, lexical_search
 
 if TYPE_CHECKING:
     from mitsuke.indexer.protocol import Embedder
+    from mitsuke.search.remote import CacheFeed
 
 __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 
@@ -118,6 +120,7 @@ class Searcher:
         self._tuning: AnnTuning | None = _tuning_of(manifest, None)
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
+        self._feed: CacheFeed | None = None  # a PostgreSQL index's cache upkeep (search.remote)
         self._told_no_trigrams = False
         if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
@@ -128,7 +131,8 @@ class Searcher:
     def open(cls, path: str | Path, *, device: str = "auto", model: str | None = None,
              embedder: Embedder | None = None, dtype: str = "auto", fusion: str | None = None,
              weights: Sequence[float] | None = None, trust_remote_code: bool = False, rrf_k: int | None = None,
-             norm: str | None = None, candidates: int | None = None, rerank: bool | None = None) -> "Searcher":
+             norm: str | None = None, candidates: int | None = None, rerank: bool | None = None,
+             cache: str | Path | None = None, refresh_seconds: float | None = None) -> "Searcher":
         """Open an index for reading. ``model`` may only restate the index's own model.
 
         ``fusion``, ``weights`` (dense, lexical), ``rrf_k``, ``norm``,
@@ -139,24 +143,44 @@ class Searcher:
         ``mitsuke.Embedder`` protocol.
         ``trust_remote_code`` lets a model's own Python code run, as for indexing.
         A read-only index directory works (see ``SqliteStore``).
+
+        ``path`` may be a PostgreSQL URL (``indexer.location``): the Searcher
+        then works on a local cache (``cache``, default under the user's cache
+        directory) caught up from the database at most every
+        ``refresh_seconds`` (default 1) before a search (``search.remote``).
         """
+        if embedder is not None:
+            from mitsuke.indexer.protocol import check_embedder
+
+            check_embedder(embedder)
+        options: dict[str, Any] = dict(device=device, dtype=dtype, fusion=fusion, weights=weights,
+                                       trust_remote_code=trust_remote_code, rrf_k=rrf_k, norm=norm,
+                                       candidates=candidates, rerank=rerank)
+        if is_url(path):
+            from mitsuke.search.remote import open_remote
+
+            return open_remote(cls, path, cache, refresh_seconds, model=model, embedder=embedder, **options)
         path = Path(path)
         manifest = Manifest.read(path)
         if manifest is None or not IndexPaths(path).meta.exists():
             raise IndexFormatError(f"{path} is not a mitsuke index (no {MANIFEST_FILE} / {META_FILE}); "
                                    "build one with `mitsuke index PATH --index DIR`")
-        if embedder is not None:
-            from mitsuke.indexer.protocol import check_embedder
-
-            check_embedder(embedder)
         manifest.check_model(path, model=model, embedder=embedder, writing=False)
-        return cls(path, manifest, device=device, embedder=embedder, dtype=dtype, fusion=fusion, weights=weights,
-                   trust_remote_code=trust_remote_code, rrf_k=rrf_k, norm=norm, candidates=candidates, rerank=rerank)
+        return cls(path, manifest, embedder=embedder, **options)
 
     def close(self) -> None:
         self.store.close()
         if self.vectors is not None:
             self.vectors.close()
+        if self._feed is not None:
+            self._feed.close()
+
+    def refresh(self) -> int:
+        """Catch a PostgreSQL index's local cache up now; returns the generation searches will see."""
+        if self._feed is not None:
+            return self._feed.refresh()
+        with self.store.snapshot() as snap:
+            return snap.generation
 
     def __enter__(self) -> "Searcher":
         return self
@@ -165,6 +189,11 @@ class Searcher:
         self.close()
 
     # ------------------------------------------------------------------ parts
+    @property
+    def index_name(self) -> str:
+        """The index as users name it: its absolute directory, or its URL (password hidden)."""
+        return self._feed.location.display if self._feed is not None else str(Path(self.path).resolve())
+
     @property
     def has_dense(self) -> bool:
         return self.model_name is not None
@@ -252,6 +281,8 @@ class Searcher:
                      norm: str | None = None) -> list[list[Passage]]:
         """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
         queries = self._check_queries(queries)
+        if self._feed is not None:
+            self._feed.refresh(force=False)
         req = self._request(k, mode, rerank, candidates, nprobe, where,
                             FusionSettings(fusion, None if weights is None else tuple(weights), rrf_k, norm))
         if not queries:
@@ -411,6 +442,8 @@ class Searcher:
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:
+        if self._feed is not None:
+            self._feed.refresh(force=False)
         with self.store.snapshot() as snap:
             counts = snap.counts()
             generation = snap.generation
@@ -428,6 +461,7 @@ class Searcher:
             "chunking": asdict(manifest.chunking),
             "search_defaults": manifest.search_defaults.to_dict() if manifest.search_defaults else None,
             "files": self.paths.sizes(),
+            **(self._feed.describe() if self._feed is not None else {}),
         }
 
     # ------------------------------------------------------------------ RAG

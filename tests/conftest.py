@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -146,10 +147,12 @@ def minilm_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def index_factory(tmp_path_factory):
+def index_factory(tmp_path_factory, request):
     """Build an index: ``index_factory(paths=[...] or docs=[...], model="none", embedder=None, **params)``.
 
     ``params`` go to ``IndexBuilder.open`` (``chunking=``, ``ann=``, ``batch_docs=``...).
+    ``backend="postgresql"`` builds it in a fresh schema of the ``pg_server`` and
+    returns its URL (``Searcher.open(url)`` caches under ``$MITSUKE_CACHE``).
     By default the index is built once per session for the same arguments and
     shared: only tests that read it may use it that way. ``fresh=True`` builds
     a new one in its own directory, for a test that changes it. Returns its path.
@@ -158,13 +161,16 @@ def index_factory(tmp_path_factory):
 
     cache: dict[str, Path] = {}
 
-    def build(*, paths=(), docs=(), model: str = "none", embedder=None, fresh: bool = False, **params) -> Path:
+    def build(*, paths=(), docs=(), model: str = "none", embedder=None, fresh: bool = False,
+              backend: str = "directory", **params) -> Path | str:
         paths, docs = [str(p) for p in paths], list(docs)
-        key = json.dumps([paths, docs, str(model), id(embedder), repr(sorted(params.items()))],
+        key = json.dumps([paths, docs, str(model), id(embedder), repr(sorted(params.items())), backend],
                          ensure_ascii=False, sort_keys=True, default=repr)
         if not fresh and key in cache:
             return cache[key]
-        path = tmp_path_factory.mktemp("index") / "idx"
+        path: Path | str = tmp_path_factory.mktemp("index") / "idx"
+        if backend == "postgresql":
+            path = request.getfixturevalue("pg_server").url(schema="t_" + uuid.uuid4().hex[:12])
         with IndexBuilder.open(path, model=str(model), embedder=embedder, **params) as b:
             if paths:
                 b.add_paths(paths)
@@ -177,3 +183,30 @@ def index_factory(tmp_path_factory):
         return path
 
     return build
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (tests/pgserver.py), always stopped at the end.
+
+    Skips without the server binaries, except when ``$CI`` is set: there it fails.
+    """
+    from pgserver import start_server
+
+    try:
+        server = start_server()
+    except (FileNotFoundError, RuntimeError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    # Query nodes opened without --cache keep their caches in the session's temp dir, not in ~/.cache.
+    before = os.environ.get("MITSUKE_CACHE")
+    os.environ["MITSUKE_CACHE"] = str(tmp_path_factory.mktemp("pg-caches"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        if before is None:
+            os.environ.pop("MITSUKE_CACHE", None)
+        else:
+            os.environ["MITSUKE_CACHE"] = before

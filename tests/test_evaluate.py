@@ -311,9 +311,12 @@ def test_eval_agrees_exactly_with_an_independent_scorer_of_search_json(tmp_path)
         and not any(a <= s and e <= b for a, b in chunks_by_doc[q["doc_id"]] for s, e in q["answer_spans"]))
 
 
-def test_eval_runs_dense_and_hybrid_on_a_model_index_and_records_the_settings(tmp_path, tiny_model):
+@pytest.mark.parametrize("backend", ["directory", "postgresql"])
+def test_eval_runs_dense_and_hybrid_on_a_model_index_and_records_the_settings(tmp_path, tiny_model, backend, request):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", EVAL_DOCS)
     idx = tmp_path / "idx"
+    if backend == "postgresql":  # the same commands with --index URL (the query node caches under $MITSUKE_CACHE)
+        idx = request.getfixturevalue("pg_server").url(schema="t_eval_" + tmp_path.name[-8:].lower().replace("-", "_"))
     assert run("index", corpus, "--index", idx, "--model", tiny_model, "--device", "cpu").exit_code == 0
     f = tmp_path / "q.jsonl"
     f.write_text(json.dumps({"qid": "1", "question": "享保の将軍は誰？", "answers": ["徳川吉宗"], "doc_id": "享保",

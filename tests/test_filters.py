@@ -21,12 +21,16 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def searcher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("filters") / "idx"
-    with IndexBuilder.open(path, model="none") as b:
+@pytest.fixture(scope="module", params=["directory", "postgresql"])
+def searcher(request, tmp_path_factory):
+    """The same documents in a directory index and in a PostgreSQL index (its query node's cache)."""
+    root = tmp_path_factory.mktemp("filters")
+    where = root / "idx"
+    if request.param == "postgresql":
+        where = request.getfixturevalue("pg_server").url(schema="filters")
+    with IndexBuilder.open(where, model="none") as b:
         b.add_documents(DOCS)
-    with Searcher.open(path) as s:
+    with Searcher.open(where, cache=root / "cache") as s:
         yield s
 
 

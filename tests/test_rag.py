@@ -32,14 +32,18 @@ AWKWARD = ("「彼は『ｶﾀｶﾅで書くな』と言った。」と母は�
            "（括弧の中に。句点がある）最後の文。空港のｶﾀｶﾅ。")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, index_factory):
+# The context and retriever tests run against both backends (a PostgreSQL index answers through its cache).
+BACKENDS = ["directory", "postgresql"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def corpus(tmp_path_factory, index_factory, request):
     """A lexical index of data/ plus a CP932 file, chunked small with overlap so neighbours overlap."""
     extra = tmp_path_factory.mktemp("rag") / "extra"
     extra.mkdir()
     (extra / "awkward.txt").write_bytes(AWKWARD.replace("😀", "").encode("cp932"))  # CP932 has no emoji
     (extra / "emoji.txt").write_text(AWKWARD, encoding="utf-8")
-    path = index_factory(paths=[DATA, extra], chunking=ChunkConfig(max_chars=90, overlap=30))
+    path = index_factory(paths=[DATA, extra], chunking=ChunkConfig(max_chars=90, overlap=30), backend=request.param)
     docs = data_texts()
     docs["awkward.txt"] = (extra / "awkward.txt").read_bytes().decode("cp932")
     docs["emoji.txt"] = AWKWARD
@@ -48,10 +52,10 @@ def corpus(tmp_path_factory, index_factory):
     searcher.close()
 
 
-@pytest.fixture(scope="module")
-def plain(index_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def plain(index_factory, request):
     """A lexical index of data/ with the default chunking (no overlap), shared: read only."""
-    searcher = Searcher.open(index_factory(paths=[DATA]))
+    searcher = Searcher.open(index_factory(paths=[DATA], backend=request.param))
     yield searcher
     searcher.close()
 
@@ -251,9 +255,10 @@ def test_importing_search_does_not_import_the_frameworks():
 
 
 # ---------------------------------------------------------------------- LangChain
-@pytest.fixture(scope="module")
-def dense(index_factory, tiny_embedder):
-    searcher = Searcher.open(index_factory(paths=[DATA], model="tiny", embedder=tiny_embedder), embedder=tiny_embedder)
+@pytest.fixture(scope="module", params=BACKENDS)
+def dense(index_factory, tiny_embedder, request):
+    searcher = Searcher.open(index_factory(paths=[DATA], model="tiny", embedder=tiny_embedder, backend=request.param),
+                             embedder=tiny_embedder)
     yield searcher
     searcher.close()
 

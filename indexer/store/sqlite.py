@@ -112,6 +112,20 @@ class SqliteStore(SqlStore):
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
         super().__init__(engine, readonly=readonly)
 
+    @staticmethod
+    def file_is_sound(path: str | Path) -> bool:
+        """Whether the SQLite file at ``path`` opens and passes ``PRAGMA quick_check`` (a full read)."""
+        import sqlite3
+
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                return con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:
+            return False
+
     def _prepare(self) -> None:
         with self.engine.connect() as conn:
             # journal_mode cannot change inside a transaction: run it on the raw connection.

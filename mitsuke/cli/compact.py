@@ -26,6 +26,12 @@ def compact(index_dir, as_json):
       mitsuke compact --index idx --json
     """
     from mitsuke.indexer.builder import IndexBuilder
+    from mitsuke.indexer.location import is_url
+
+    if is_url(index_dir):
+        click.echo(json.dumps({"compacted": False, "rows_before": 0, "rows_after": 0}) if as_json else
+                   "nothing to compact: a PostgreSQL index keeps no vectors file (PostgreSQL reclaims rows itself)")
+        return
 
     with IndexBuilder.open(index_dir, load_model=False) as b:
         if b.vectors is None:

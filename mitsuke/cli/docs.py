@@ -7,6 +7,7 @@ import sys
 import click
 
 from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.indexer.location import display
 
 __all__ = ["docs"]
 
@@ -92,7 +93,7 @@ def show_cmd(key, index_dir, with_text, as_json):
     with Searcher.open(index_dir) as s, s.store.snapshot() as snap:
         found = [d for d in snap.documents(_escape_glob(key)) if d.key == key]
         if not found:
-            raise click.ClickException(f"no document with key {key!r} in {index_dir}; "
+            raise click.ClickException(f"no document with key {key!r} in {display(index_dir)}; "
                                        "`mitsuke docs list --index DIR` lists the keys")
         doc = found[0]
         chunks = sorted(snap.chunk_rows(snap.document_chunk_ids(doc.id)).values(),
@@ -153,8 +154,8 @@ def delete_cmd(keys, index_dir, yes, dry_run, as_json):
         for k in keys:
             hits = [d.key for d in snap.documents(k if _glob_chars(k) else _escape_glob(k))]
             if not hits:
-                raise click.ClickException(f"{k!r} matches no document key in {index_dir}; nothing was deleted "
-                                           "(`mitsuke docs list --index DIR` lists the keys)")
+                raise click.ClickException(f"{k!r} matches no document key in {display(index_dir)}; nothing was "
+                                           "deleted (`mitsuke docs list --index DIR` lists the keys)")
             matched += hits
     matched = list(dict.fromkeys(matched))
     if dry_run:
@@ -170,7 +171,7 @@ def delete_cmd(keys, index_dir, yes, dry_run, as_json):
             raise click.ClickException(f"would delete {len(matched)} document(s); add --yes to confirm "
                                        "when not at a terminal (or --dry-run to list them)")
         preview = ", ".join(matched[:5]) + (" …" if len(matched) > 5 else "")
-        click.confirm(f"delete {len(matched)} document(s) ({preview}) from {index_dir}?", abort=True, err=True)
+        click.confirm(f"delete {len(matched)} document(s) ({preview}) from {display(index_dir)}?", abort=True, err=True)
     with IndexBuilder.open(index_dir, load_model=False) as b:
         deleted = b.delete(matched)
     if as_json:

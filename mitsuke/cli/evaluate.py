@@ -5,13 +5,22 @@ import json
 
 import click
 
-from mitsuke.cli.options import CONTEXT, fusion_kwargs, fusion_options, index_option, json_option, mode_option
+from mitsuke.cli.options import (
+    CONTEXT,
+    cache_option,
+    fusion_kwargs,
+    fusion_options,
+    index_option,
+    json_option,
+    mode_option,
+)
 
 __all__ = ["eval_cmd"]
 
 
 @click.command("eval", context_settings=CONTEXT)
 @index_option
+@cache_option
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSONL, one question a line: question, answers, doc_id, answer_spans "
                    "(README \"Measure it on your data\").")
@@ -27,8 +36,8 @@ __all__ = ["eval_cmd"]
 @click.option("--device", default="auto", show_default=True, help="Device for the query embeddings.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, weights, rrf_k, norm, candidates, limit,
-             per_query, device, trust_remote_code, as_json):
+def eval_cmd(index_dir, cache_dir, queries, ks, mode, no_rerank, nprobe, fusion, weights, rrf_k, norm, candidates,
+             limit, per_query, device, trust_remote_code, as_json):
     """Score retrieval on a QA set: span/answer/document hit@k, MRR@10, nDCG@10, latency.
 
     Questions are matched to documents by doc_id = the key they were indexed
@@ -63,7 +72,8 @@ def eval_cmd(index_dir, queries, ks, mode, no_rerank, nprobe, fusion, weights, r
         raise click.UsageError(f"-k {ks!r}: cut-offs must be integers of at least 1, such as 1,5,10")
     fk = fusion_kwargs(fusion, weights, rrf_k, norm, candidates)
     qs = load_queries(queries)
-    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code,
+                      cache=cache_dir) as s:
         report = evaluate(s, qs, cutoffs, mode=mode, rerank=False if no_rerank else None, per_query=bool(per_query),
                           limit=limit, nprobe=nprobe, **fk)
     if per_query:

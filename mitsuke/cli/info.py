@@ -5,7 +5,7 @@ import json
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.cli.options import CONTEXT, cache_option, index_option, json_option
 from mitsuke.cli.terminal import printable
 
 __all__ = ["info"]
@@ -13,8 +13,9 @@ __all__ = ["info"]
 
 @click.command(context_settings=CONTEXT)
 @index_option
+@cache_option
 @json_option
-def info(index_dir, as_json):
+def info(index_dir, cache_dir, as_json):
     """Describe an index: counts, model, ANN parameters, generation, file sizes.
 
     \b
@@ -23,7 +24,7 @@ def info(index_dir, as_json):
     """
     from mitsuke.search.searcher import Searcher
 
-    with Searcher.open(index_dir) as s:
+    with Searcher.open(index_dir, cache=cache_dir) as s:
         data = s.info()
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=1))
@@ -51,6 +52,8 @@ def info(index_dir, as_json):
         from mitsuke.cli.tune import describe_defaults
 
         click.echo(f"search      {describe_defaults(data.get('search_defaults'))}")
+    if data.get("cache"):
+        click.echo(f"cache       {data['cache']}")
     for name, size in data["files"].items():
         click.echo(f"  {name:<18}{size:>12,} bytes")
 

@@ -6,7 +6,16 @@ import re
 
 import click
 
-from mitsuke.cli.options import CONTEXT, MAX_K, fusion_kwargs, fusion_options, index_option, json_option, mode_option
+from mitsuke.cli.options import (
+    CONTEXT,
+    MAX_K,
+    cache_option,
+    fusion_kwargs,
+    fusion_options,
+    index_option,
+    json_option,
+    mode_option,
+)
 from mitsuke.cli.terminal import printable
 from mitsuke.search.highlight import normalized_with_map, query_terms
 
@@ -16,6 +25,7 @@ __all__ = ["search"]
 @click.command(context_settings=CONTEXT)
 @click.argument("query")
 @index_option
+@cache_option
 @click.option("-k", "k", type=click.IntRange(min=1, max=MAX_K), default=10, show_default=True,
               help="Number of passages.")
 @mode_option
@@ -28,8 +38,8 @@ __all__ = ["search"]
 @click.option("--device", default="auto", show_default=True, help="Device for the query embedding.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def search(query, index_dir, k, mode, no_rerank, where, nprobe, fusion, weights, rrf_k, norm, candidates, device,
-           trust_remote_code, as_json):
+def search(query, index_dir, cache_dir, k, mode, no_rerank, where, nprobe, fusion, weights, rrf_k, norm, candidates,
+           device, trust_remote_code, as_json):
     """Search --index DIR for QUERY and print ranked passages.
 
     Each result shows its rank, score, title, document key and character range,
@@ -60,7 +70,8 @@ def search(query, index_dir, k, mode, no_rerank, where, nprobe, fusion, weights,
         raise click.UsageError("the query is empty; give the words to search for, e.g. mitsuke search \"豊岡市の気候\"")
     fk = fusion_kwargs(fusion, weights, rrf_k, norm, candidates)
     filters = parse_where(list(where)) or None
-    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code,
+                       cache=cache_dir) as s:
         if filters:
             warn_unknown_keys(s, filters)
         if s.has_dense and mode != "lexical":

@@ -7,6 +7,7 @@ import click
 
 from mitsuke.cli.options import CONTEXT, index_option
 from mitsuke.indexer.errors import MitsukeError
+from mitsuke.indexer.location import display
 
 __all__ = ["serve", "mcp"]
 
@@ -88,8 +89,8 @@ def serve(index_dir, host, port, api_key_file, insecure, cors_origin, max_query_
     service = SearchService(index_dir, device=device)
     app = create_app(config, service)
     if config.insecure and not config.api_key and host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("serving %s on %s without an API key (--insecure)", index_dir, host)
-    click.echo(f"mitsuke: serving {index_dir} on http://{host}:{port}/ (docs at /docs; "
+        log.warning("serving %s on %s without an API key (--insecure)", display(index_dir), host)
+    click.echo(f"mitsuke: serving {display(index_dir)} on http://{host}:{port}/ (docs at /docs; "
                f"{'API key required' if config.api_key else 'no API key'})", err=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                            server_header=False, timeout_graceful_shutdown=5,
@@ -126,7 +127,7 @@ def mcp(index_dir, device, threads):
     try:
         service.warm()
         if service.warm_error:
-            raise MitsukeError(f"cannot serve {index_dir}: {service.warm_error}")
+            raise MitsukeError(f"cannot serve {display(index_dir)}: {service.warm_error}")
         build_mcp(service).run("stdio")
     finally:
         service.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mitsuke.indexer.errors import MitsukeError, QueryError
+from mitsuke.indexer.location import display
 from mitsuke.search.highlight import query_terms, term_spans
 
 __all__ = ["SearchService", "NotFound", "NotReady", "rebuild_text"]
@@ -57,7 +58,7 @@ class SearchService:
         from mitsuke.search.searcher import Searcher
 
         self.searcher = searcher if searcher is not None else Searcher.open(index, device=device)
-        self.index = Path(index)
+        self.index = display(index)  # a directory as given, a URL without its password
         self.ready = threading.Event()
         self.warm_error: str | None = None
         self.warm_seconds: float | None = None
