@@ -160,8 +160,10 @@ def sync_cache(store: PostgresStore, cache: str | Path, *, check: bool = True) -
                 manifest = _ann_upkeep(store, local, vectors, manifest, paths, generation)
             with local.begin() as conn:
                 counts = local.counts(conn)
-            if manifest.generation != generation or manifest.counts != Counts(**counts):
-                replace(manifest, generation=generation, counts=Counts(**counts)).write(cache)
+            if (manifest.generation != generation or manifest.counts != Counts(**counts)
+                    or manifest.search_defaults != pg_manifest.search_defaults):  # `mitsuke tune --save`
+                replace(manifest, generation=generation, counts=Counts(**counts),
+                        search_defaults=pg_manifest.search_defaults).write(cache)
         finally:
             local.close()
             if vectors is not None:

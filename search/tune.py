@@ -31,6 +31,7 @@ import numpy as np
 
 from mitsuke.indexer.durable import WriterLock
 from mitsuke.indexer.layout import MANIFEST_FILE, IndexPaths, Manifest, SearchDefaults
+from mitsuke.indexer.location import is_url
 from mitsuke.search.dense import cosines
 from mitsuke.search.evaluate import EvalError, EvalQuery, QuerySet, normalize_answer
 from mitsuke.search.fusion import LEG_MIN, RRF_C, FusionSettings, check_settings
@@ -347,12 +348,27 @@ def tune(searcher, queries: QuerySet | Iterable[EvalQuery], *, folds: int = 5, g
 
 def save_defaults(index_dir: str | Path, settings: FusionSettings, provenance: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
-    """Store ``settings`` as the index's ``search_defaults`` (manifest.json), under the writer lock."""
+    """Store ``settings`` as the index's ``search_defaults`` (manifest.json), under the writer lock.
+
+    For a PostgreSQL index (a URL) the stored manifest is updated under the
+    index's lock; query nodes take the defaults up when they next open it.
+    """
+    record = SearchDefaults.from_dict({**check_settings(settings).to_dict(), "tuned": provenance or {}})
+    if is_url(index_dir):
+        from mitsuke.indexer.location import parse_location
+        from mitsuke.indexer.store.postgres import PostgresStore
+
+        store = PostgresStore(parse_location(str(index_dir)))
+        try:
+            with store.begin() as conn:
+                store.update_manifest(conn, "search_defaults", record.to_dict())
+        finally:
+            store.close()
+        return record.to_dict()
     paths = IndexPaths(index_dir)
     manifest = Manifest.read(paths.root)  # before taking the lock: a plain directory gets no LOCK file
     if manifest is None:
         raise EvalError(f"{paths.root} is not a mitsuke index (no {MANIFEST_FILE})")
-    record = SearchDefaults.from_dict({**check_settings(settings).to_dict(), "tuned": provenance or {}})
     lock = WriterLock(paths.lock)
     lock.acquire()
     try:

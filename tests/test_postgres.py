@@ -114,6 +114,30 @@ def test_eval_report_equal(pair, tmp_path):
     assert a.counts == b.counts and a.settings["index"] == parse_location(url).display
 
 
+def test_tune_save_on_a_url_index_reaches_every_query_node(pair, tiny_embedder, tmp_path):
+    """`mitsuke tune --save` on a URL stores the defaults in PostgreSQL; a node opening it afterwards uses them."""
+    _, _, url, root = pair
+    from mitsuke.search.fusion import FusionSettings
+    from mitsuke.search.tune import save_defaults
+
+    chosen = FusionSettings(fusion="convex", weights=(0.35, 0.65), norm="minmax")
+    try:
+        saved = save_defaults(url, chosen, {"folds": 5})
+        assert saved["weights"] == [0.35, 0.65]
+        with Searcher.open(url, embedder=tiny_embedder, cache=tmp_path / "node2") as s:
+            assert (s.defaults.fusion, s.defaults.weights, s.defaults.norm) == ("convex", (0.35, 0.65), "minmax")
+            assert s.info()["search_defaults"]["weights"] == [0.35, 0.65]
+            want = s.search("豊岡市の気候", k=5, fusion="convex", weights=(0.35, 0.65), norm="minmax")
+            assert [view([x]) for x in s.search("豊岡市の気候", k=5)] == [view([x]) for x in want]
+    finally:  # the module's other tests read this index with the built-in defaults
+        from mitsuke.indexer.store.postgres import PostgresStore
+
+        store = PostgresStore(parse_location(url))
+        with store.begin() as conn:
+            store.update_manifest(conn, "search_defaults", None)
+        store.close()
+
+
 # --------------------------------------------------------------------------- query nodes catch up
 
 def test_query_node_sees_whole_commits_and_one_version_per_key(pg_server, tmp_path):
@@ -278,6 +302,7 @@ def test_password_never_in_any_output(pg_server, tmp_path):
         run_cli("info", "--index", url.replace(f":{pg_server.port}/", ":1/"), "--cache", tmp_path / "c3"),
         run_cli("docs", "delete", "no-such-key", "--index", url, "--yes", env={"MITSUKE_CACHE": str(tmp_path / "c4")}),
         run_cli("-vv", "verify", "--index", url),
+        invoke("tune", "--index", url, *cache, "--queries", queries),  # lexical-only: nothing to tune
     ]
     code = lambda r: r.returncode if hasattr(r, "returncode") else r.exit_code  # noqa: E731
     assert [code(r) for r in runs[:7]] == [0] * 7, [r.stderr for r in runs]

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from mitsuke.indexer.errors import MitsukeError
+from mitsuke.indexer.errors import IndexFormatError, MitsukeError
 from mitsuke.indexer.store.base import Snapshot, SqlStore
 from mitsuke.indexer.store.schema import Filter, batches
 
@@ -200,6 +200,16 @@ class PostgresStore(SqlStore):
         conn.execute(text("INSERT INTO index_manifest (id, body) VALUES (1, :b) ON CONFLICT (id) DO NOTHING"),
                      {"b": json.dumps(data, ensure_ascii=False, sort_keys=True)})
         return self.read_manifest(conn) or data
+
+    def update_manifest(self, conn: Connection, key: str, value: Any) -> None:
+        """Set one top-level entry of the stored manifest (``search_defaults``), under the index's lock."""
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
+        body = self.read_manifest(conn)
+        if body is None:
+            raise IndexFormatError(f"{self.location.display} holds no mitsuke index yet")
+        body[key] = value
+        conn.execute(text("UPDATE index_manifest SET body = :b WHERE id = 1"),
+                     {"b": json.dumps(body, ensure_ascii=False, sort_keys=True)})
 
     def trained_ann(self, conn: Connection, key: str) -> tuple[dict[str, Any], bytes] | None:
         """(ANN parameters, serialised trained empty FAISS index) stored under ``key``, or None."""

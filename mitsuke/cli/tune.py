@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from mitsuke.cli.options import CONTEXT, index_option, json_option
+from mitsuke.cli.options import CONTEXT, cache_option, index_option, json_option
+from mitsuke.indexer.location import display
 
 __all__ = ["tune", "describe_defaults"]
 
@@ -33,6 +34,7 @@ def _row(label: str, m: dict[str, float]) -> str:
 
 @click.command("tune", context_settings=CONTEXT)
 @index_option
+@cache_option
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSONL questions in the format of `mitsuke eval` (question + answer_spans/doc_id or answers).")
 @click.option("--folds", type=click.IntRange(min=2, max=100), default=5, show_default=True,
@@ -42,7 +44,7 @@ def _row(label: str, m: dict[str, float]) -> str:
 @click.option("--device", default="auto", show_default=True, help="Device for the query embeddings.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run (as for index).")
 @json_option
-def tune(index_dir, queries, folds, save, top, device, trust_remote_code, as_json):
+def tune(index_dir, cache_dir, queries, folds, save, top, device, trust_remote_code, as_json):
     """Choose hybrid fusion settings for an index on your own questions.
 
     Tries every fusion method (convex, rrf, weighted), weight, RRF constant,
@@ -82,10 +84,10 @@ def tune(index_dir, queries, folds, save, top, device, trust_remote_code, as_jso
                                    "(`mitsuke eval` lists every bad line)")
     if not qs.queries:
         raise click.ClickException(f"{queries} holds no questions; one JSON object a line, as for `mitsuke eval`")
-    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code) as s:
+    with Searcher.open(index_dir, device=device, trust_remote_code=trust_remote_code, cache=cache_dir) as s:
         if not s.has_dense:
-            raise click.ClickException(f"index {index_dir} is lexical-only (built with --model none): there is "
-                                       "no hybrid fusion to tune")
+            raise click.ClickException(f"index {display(index_dir)} is lexical-only (built with --model none): "
+                                       "there is no hybrid fusion to tune")
         report = run_tune(s, qs, folds=folds)
     saved = None
     if save:
@@ -112,5 +114,5 @@ def tune(index_dir, queries, folds, save, top, device, trust_remote_code, as_jso
                f"tuned {report.cv_tuned['objective']:.4f}, current defaults {report.cv_default['objective']:.4f}")
     verdict = "recommended" if report.improved else "kept (tuning did not win cross-validated)"
     click.echo(f"{verdict}: {report.chosen.describe()}")
-    click.echo(f"saved as the search defaults of {index_dir}" if saved is not None
+    click.echo(f"saved as the search defaults of {display(index_dir)}" if saved is not None
                else "run again with --save to make it the index's default")
