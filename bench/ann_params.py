@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--target", type=float, default=0.97)
     ap.add_argument("--work", default="/tmp/mitsuke-annrec")
+    ap.add_argument("--sweep", default="", help="also measure these nprobe:pool pairs (e.g. 1:30,2:30,4:30)")
+    ap.add_argument("--repeat", type=int, default=1, help="passes over the questions per setting (median of all)")
     args = ap.parse_args()
     import faiss
 
@@ -135,12 +137,24 @@ def main() -> None:
             print(f"{kind} nlist {nlist} formula defaults nprobe {base.nprobe} pool 100: p50 "
                   f"{np.median(lat0):.3f} ms, recall@10 {rec0:.4f}", flush=True)
             lat, held = measure(index, tu.nprobe, tu.candidates)
+            sweep = []
+            for pair in filter(None, args.sweep.split(",")):
+                nprobe, pool = (int(x) for x in pair.split(":"))
+                lat_s: list[float] = []
+                for _ in range(args.repeat):
+                    part, rec_s = measure(index, nprobe, pool)
+                    lat_s += part
+                sweep.append({"nprobe": nprobe, "pool": pool, "held_out_recall": round(rec_s, 4),
+                              "p50_ms": round(float(np.median(lat_s)), 3),
+                              "p95_ms": round(float(np.percentile(lat_s, 95)), 3), "load_avg": os.getloadavg()[0]})
+                print(f"{kind} nlist {nlist} nprobe {nprobe} pool {pool}: {sweep[-1]}", flush=True)
             r = {"codes": kind, "nlist": nlist, "bytes_per_vector": 64, "train_s": round(train_s, 1),
                  "add_s": round(add_s, 1), "nprobe": tu.nprobe, "pool": tu.candidates, "met": tu.met,
                  "estimated_recall": tu.recall, "held_out_recall": round(held, 4),
                  "p50_ms": round(float(np.median(lat)), 3), "p95_ms": round(float(np.percentile(lat, 95)), 3),
-                 "tune_s": tu.seconds, "defaults": {"nprobe": base.nprobe, "pool": 100, "recall": round(rec0, 4),
-                                                    "p50_ms": round(float(np.median(lat0)), 3)}}
+                 "tune_s": tu.seconds, "sweep": sweep,
+                 "defaults": {"nprobe": base.nprobe, "pool": 100, "recall": round(rec0, 4),
+                              "p50_ms": round(float(np.median(lat0)), 3)}}
             results.append(r)
             print(r, flush=True)
             del index, ann
