@@ -71,6 +71,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # Statements on every search's path, built once: SQLAlchemy then skips constructing
 # and coercing them per call (its compiled cache does the rest); expanding IN lists.
 _STATE_VALUE = select(state.c.value).where(state.c.key == bindparam("k"))
+_GENERATION_EPOCH = text("SELECT key, value FROM state WHERE key IN ('generation', 'vectors_epoch')")
 _CHUNK_ROWS = (select(chunks.c.id, chunks.c.doc_id, chunks.c.chunk_index, chunks.c.char_start, chunks.c.char_end,
                       chunks.c.text, chunks.c.token_count, chunks.c.headings, chunks.c.vector_row,
                       documents.c.key, documents.c.title, documents.c.source, documents.c.source_type, documents.c.meta)
@@ -137,6 +138,11 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
 
     def generation(self, conn: Connection) -> int:
         return int(self.get_state(conn, "generation", "0"))
+
+    def generation_and_epoch(self, conn: Connection) -> tuple[int, int]:
+        """(generation, vectors epoch) in one read: what every search's snapshot needs first."""
+        got = dict(conn.execute(_GENERATION_EPOCH).all())
+        return int(got.get("generation") or 0), int(got.get("vectors_epoch") or 0)
 
     def vector_rows(self, conn: Connection) -> int:
         """Committed rows of ``vectors.f16`` (live or dead)."""
@@ -342,14 +348,11 @@ class Snapshot:
         self.store = store
         self.conn = conn
         # The first SELECT pins the snapshot: the generation is the one every later read sees.
-        self.generation = store.generation(conn)
+        # One transaction sees one commit, so one epoch: read with it (a search asks up to three times).
+        self.generation, self._vectors_epoch = store.generation_and_epoch(conn)
 
     def vectors_epoch(self) -> int:
-        # One transaction sees one commit, so one epoch: read once (a search asks up to three times).
-        epoch = self.__dict__.get("_vectors_epoch")
-        if epoch is None:
-            epoch = self._vectors_epoch = self.store.vectors_epoch(self.conn)
-        return epoch
+        return self._vectors_epoch
 
     def vector_rows(self) -> int:
         return self.store.vector_rows(self.conn)
