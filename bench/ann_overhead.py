@@ -98,6 +98,8 @@ def main() -> None:
                  "ann": manifest.ann.params.to_dict(), "load_avg": os.getloadavg(), "settings": []}
     s = Searcher.open(idx, embedder=emb)
     s.search("q0", k=k, mode="dense")  # loads the ANN index and the row map
+    maps = hasattr(s, "_rowmaps")
+    out["row_map"] = maps
     t = time.perf_counter()
     for i in range(args.queries):
         emb.encode_queries([f"q{i}"])
@@ -118,8 +120,9 @@ def main() -> None:
             with s.store.snapshot() as snap:
                 s.vectors.bind(snap.vectors_epoch())
                 s.vectors.expect(s._block_sums(snap))
+                extra = (s._rowmaps.for_snapshot(snap),) if maps else ()  # older mitsuke: no row map
                 hits = dense_leg(snap, s._ann_for(snap), s.vectors, q[None, :], k, pool, True, nprobe, None,
-                                 s._rowmaps.for_snapshot(snap))[0]
+                                 *extra)[0]
             return np.array([c for c, _ in hits])
 
         def search(i: int) -> np.ndarray:
