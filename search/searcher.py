@@ -27,6 +27,7 @@ from mitsuke.search.filters import Filter, compile_where
 from mitsuke.search.fusion import DEFAULT_SETTINGS, FusionSettings, check_settings, fuse, resolve
 from mitsuke.search.opening import open_reader_store
 from mitsuke.search.results import Passage
+from mitsuke.search.rowmap import RowMaps
 from mitsuke.search.trigram import LexicalHits, lexical_search
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Searcher:
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
         self._feed: CacheFeed | None = None  # a PostgreSQL index's cache upkeep (search.remote)
+        self._rowmaps = RowMaps()  # chunk id -> vector row per generation, for the exact rerank (no SQL per search)
         self._told_no_trigrams = False
         if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
@@ -360,7 +362,7 @@ class Searcher:
         order = sorted(qvecs)
         n_out = req.k if req.mode == "dense" else req.pool
         legs = dense_leg(snap, self._ann_for(snap), self.vectors, np.stack([qvecs[i] for i in order]), n_out,
-                         req.pool, req.rerank, req.nprobe, req.flt)
+                         req.pool, req.rerank, req.nprobe, req.flt, self._rowmaps.for_snapshot(snap))
         return dict(zip(order, legs))
 
     def _lexical_leg(self, snap: Snapshot, req: _Request, query: str) -> LexicalHits:
@@ -410,7 +412,8 @@ class Searcher:
         # (convex, weighted) need it, and the Passage reports it.
         assert qvec is not None and self.vectors is not None
         have = {c for c, _ in dense}
-        extra = cosines(snap, self.vectors, qvec, [c for c, _ in lexical if c not in have])
+        extra = cosines(snap, self.vectors, qvec, [c for c, _ in lexical if c not in have],
+                        self._rowmaps.for_snapshot(snap))
         dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
         return fuse(dense if req.fusion == "rrf" else dense_all, lexical, req.fusion, req.weights,
                     rrf_k=req.rrf_k, norm=req.norm), extra

@@ -90,7 +90,8 @@ def hybrid_legs(searcher, queries: Sequence[str], depth: int, *, rerank: bool = 
             dense, lexical = dense_legs.get(qi, []), searcher._lexical_leg(snap, req, queries[qi]).ranked
             have = {c for c, _ in dense}
             out[qi] = (dense, lexical, cosines(snap, searcher.vectors, qvecs[qi],
-                                               [c for c, _ in lexical if c not in have]))
+                                               [c for c, _ in lexical if c not in have],
+                                               searcher._rowmaps.for_snapshot(snap)))
     return out
 
 

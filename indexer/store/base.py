@@ -68,6 +68,17 @@ MIGRATIONS = [_m001_create_tables, _m002_page_starts, _m003_substrings, _m004_ve
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+# Statements on every search's path, built once: SQLAlchemy then skips constructing
+# and coercing them per call (its compiled cache does the rest); expanding IN lists.
+_STATE_VALUE = select(state.c.value).where(state.c.key == bindparam("k"))
+_GENERATION_EPOCH = text("SELECT key, value FROM state WHERE key IN ('generation', 'vectors_epoch')")
+_CHUNK_ROWS = (select(chunks.c.id, chunks.c.doc_id, chunks.c.chunk_index, chunks.c.char_start, chunks.c.char_end,
+                      chunks.c.text, chunks.c.token_count, chunks.c.headings, chunks.c.vector_row,
+                      documents.c.key, documents.c.title, documents.c.source, documents.c.source_type, documents.c.meta)
+               .join(documents, documents.c.id == chunks.c.doc_id)
+               .where(chunks.c.id.in_(bindparam("ids", expanding=True))))
+
+
 class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
     """The metadata of one index behind SQLAlchemy; subclassed once per dialect.
 
@@ -117,7 +128,7 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
 
     # ------------------------------------------------------------------ state
     def get_state(self, conn: Connection, key: str, default: str | None = None) -> str | None:
-        value = conn.execute(select(state.c.value).where(state.c.key == key)).scalar()
+        value = conn.execute(_STATE_VALUE, {"k": key}).scalar()
         return default if value is None else value
 
     def set_state(self, conn: Connection, key: str, value: Any) -> None:
@@ -127,6 +138,11 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
 
     def generation(self, conn: Connection) -> int:
         return int(self.get_state(conn, "generation", "0"))
+
+    def generation_and_epoch(self, conn: Connection) -> tuple[int, int]:
+        """(generation, vectors epoch) in one read: what every search's snapshot needs first."""
+        got = dict(conn.execute(_GENERATION_EPOCH).all())
+        return int(got.get("generation") or 0), int(got.get("vectors_epoch") or 0)
 
     def vector_rows(self, conn: Connection) -> int:
         """Committed rows of ``vectors.f16`` (live or dead)."""
@@ -227,12 +243,8 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
         """``chunk id -> ChunkRow`` of the given ids that exist."""
         wanted = [int(i) for i in ids]
         out: dict[int, ChunkRow] = {}
-        cols = [chunks.c.id, chunks.c.doc_id, chunks.c.chunk_index, chunks.c.char_start, chunks.c.char_end,
-                chunks.c.text, chunks.c.token_count, chunks.c.headings, chunks.c.vector_row,
-                documents.c.key, documents.c.title, documents.c.source, documents.c.source_type, documents.c.meta]
         for part in batches(wanted):
-            q = select(*cols).join(documents, documents.c.id == chunks.c.doc_id).where(chunks.c.id.in_(part))
-            for r in conn.execute(q):
+            for r in conn.execute(_CHUNK_ROWS, {"ids": list(part)}):
                 out[int(r[0])] = ChunkRow(
                     id=int(r[0]), doc_id=int(r[1]), chunk_index=r[2], char_start=r[3], char_end=r[4],
                     text=r[5], token_count=r[6], headings=tuple(r[7] or ()), vector_row=r[8],
@@ -336,10 +348,11 @@ class Snapshot:
         self.store = store
         self.conn = conn
         # The first SELECT pins the snapshot: the generation is the one every later read sees.
-        self.generation = store.generation(conn)
+        # One transaction sees one commit, so one epoch: read with it (a search asks up to three times).
+        self.generation, self._vectors_epoch = store.generation_and_epoch(conn)
 
     def vectors_epoch(self) -> int:
-        return self.store.vectors_epoch(self.conn)
+        return self._vectors_epoch
 
     def vector_rows(self) -> int:
         return self.store.vector_rows(self.conn)

@@ -9,12 +9,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import replace
 
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, bindparam, inspect, select
 
 from mitsuke.indexer.pages import pages_of
 from mitsuke.indexer.store.schema import ChunkRow, batches, chunks, documents
 
 __all__ = ["PagingMixin"]
+
+# Built once (on every search's path): an expanding IN list of document ids.
+_PAGE_STARTS = select(documents.c.id, documents.c.page_starts).where(
+    documents.c.id.in_(bindparam("ids", expanding=True)), documents.c.page_starts.is_not(None))
 
 
 class PagingMixin:
@@ -34,9 +38,7 @@ class PagingMixin:
             return {}  # an index made before migration 2, opened read-only
         out: dict[int, tuple[int, ...]] = {}
         for part in batches(sorted({int(i) for i in doc_ids})):
-            q = select(documents.c.id, documents.c.page_starts).where(
-                documents.c.id.in_(part), documents.c.page_starts.is_not(None))
-            for doc_id, starts in conn.execute(q):
+            for doc_id, starts in conn.execute(_PAGE_STARTS, {"ids": list(part)}):
                 starts = json.loads(starts) if isinstance(starts, str) else starts
                 if starts:
                     out[int(doc_id)] = tuple(int(s) for s in starts)

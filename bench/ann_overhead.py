@@ -1,0 +1,176 @@
+"""mitsuke's overhead over raw FAISS (issue 15): same index, same parameters, same queries, side by side.
+
+For each (nprobe, pool) setting and each held-out question, interleaved (the
+order of the paths alternates per question), single thread, embedding excluded:
+
+- ``raw``: ``faiss.read_index(ann.faiss)`` searched with ``SearchParametersIVF``,
+  the pool's float16 rows read from a plain ``np.memmap`` of ``vectors.f16``
+  and reranked by a matmul (the bench knows row = id - 1: no lookup at all);
+- ``leg``: mitsuke's dense leg alone (``search.dense.dense_leg`` on an open
+  snapshot: ANN view, id -> row map, block-checksummed reads, rerank);
+- ``search``: ``Searcher.search(mode="dense")``: snapshot, dense leg and the
+  ``Passage`` objects with their text (one SQL read of the k rows).
+
+The query "embedding" is a dict lookup of a precomputed vector (timed
+separately and reported). Medians per path, and the median of the per-question
+differences to ``raw``, both in wall-clock time and in the thread's CPU time
+(``time.thread_time``: on a shared, loaded machine the wall clock also counts
+the time the thread waited for a core; CPU time does not). The top-10 ids of
+every path must be identical.
+
+Needs an index built by ``bench/ann_recall.py`` (chunk id i+1 holds source row i):
+
+    PYTHONPATH=$PWD python bench/ann_overhead.py --index /tmp/annrec100k/idx --settings 32:30,256:500
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import pstats  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ann_build import Clustered  # noqa: E402
+from bench.common import write_results  # noqa: E402
+from mitsuke.indexer.layout import Manifest  # noqa: E402
+from mitsuke.search import Searcher  # noqa: E402
+from mitsuke.search.dense import dense_leg  # noqa: E402
+
+
+class Precomputed:
+    """An embedder whose query vectors are looked up by text (documents are never embedded here)."""
+
+    name = "synthetic-lookup"
+    device = "cpu"
+    dtype_name = "float32"
+
+    def __init__(self, dim: int, queries: np.ndarray) -> None:
+        self.dim = dim
+        self.vectors = {f"q{i}": v for i, v in enumerate(queries)}
+
+    @property
+    def info(self):
+        from mitsuke.indexer.embedding import ModelInfo
+
+        return ModelInfo(name=self.name, revision=None, dim=self.dim, pooling="none", normalize=True,
+                         max_length=1_000_000)
+
+    def count_tokens(self, texts):
+        return [len(t) for t in texts]
+
+    def encode_queries(self, texts):
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", required=True)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--settings", default="32:30,256:500", help="nprobe:pool pairs")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--profile", action="store_true", help="also cProfile the dense leg at the first setting")
+    args = ap.parse_args()
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    idx = Path(args.index)
+    manifest = Manifest.read(idx)
+    dim, k = manifest.dim, args.k
+    queries = Clustered(dim).block(args.queries, seed=99)
+    raw_index = faiss.read_index(str(idx / "ann.faiss"))
+    n = raw_index.ntotal
+    mm = np.memmap(idx / "vectors.f16", dtype=np.float16, mode="r", shape=(n, dim))
+    with open(idx / "vectors.f16", "rb") as fh:  # a long-running searcher has the vectors in the page cache
+        while fh.read(1 << 24):
+            pass
+    emb = Precomputed(dim, queries)
+    out: dict = {"index": str(idx), "n": n, "dim": dim, "queries": args.queries, "k": k,
+                 "ann": manifest.ann.params.to_dict(), "load_avg": os.getloadavg(), "settings": []}
+    s = Searcher.open(idx, embedder=emb)
+    s.search("q0", k=k, mode="dense")  # loads the ANN index and the row map
+    maps = hasattr(s, "_rowmaps")
+    out["row_map"] = maps
+    t = time.perf_counter()
+    for i in range(args.queries):
+        emb.encode_queries([f"q{i}"])
+    out["embed_lookup_us"] = (time.perf_counter() - t) / args.queries * 1e6
+
+    for setting in args.settings.split(","):
+        nprobe, pool = (int(x) for x in setting.split(":"))
+        sp = faiss.SearchParametersIVF(nprobe=nprobe)
+
+        def raw(q: np.ndarray) -> np.ndarray:
+            cand = raw_index.search(q[None, :], pool, params=sp)[1][0]
+            cand = cand[cand >= 0]
+            r = np.sort(cand - 1)
+            sc = np.asarray(mm[r], dtype=np.float32) @ q
+            return (r + 1)[np.lexsort((r, -sc))[:k]]
+
+        def leg(q: np.ndarray) -> np.ndarray:
+            with s.store.snapshot() as snap:
+                s.vectors.bind(snap.vectors_epoch())
+                s.vectors.expect(s._block_sums(snap))
+                extra = (s._rowmaps.for_snapshot(snap),) if maps else ()  # older mitsuke: no row map
+                hits = dense_leg(snap, s._ann_for(snap), s.vectors, q[None, :], k, pool, True, nprobe, None,
+                                 *extra)[0]
+            return np.array([c for c, _ in hits])
+
+        def search(i: int) -> np.ndarray:
+            return np.array([p.chunk_id for p in s.search(f"q{i}", k=k, mode="dense", nprobe=nprobe,
+                                                          candidates=pool)])
+
+        lat: dict[str, list[float]] = {"raw": [], "leg": [], "search": []}
+        cpu: dict[str, list[float]] = {"raw": [], "leg": [], "search": []}
+        same = {"leg": 0, "search": 0}
+        paths = [("raw", lambda i: raw(queries[i])), ("leg", lambda i: leg(queries[i])), ("search", search)]
+        for i in range(args.queries):  # warm-up, untimed: every vector block's first-touch checksum done
+            for _, fn in paths:
+                fn(i)
+        for i in range(args.queries):
+            order = paths if i % 2 == 0 else paths[::-1]
+            got = {}
+            for name, fn in order:
+                c = time.thread_time()
+                t = time.perf_counter()
+                got[name] = fn(i)
+                lat[name].append((time.perf_counter() - t) * 1000)
+                cpu[name].append((time.thread_time() - c) * 1000)
+            for name in same:
+                same[name] += int(np.array_equal(got[name], got["raw"]))
+        row = {"nprobe": nprobe, "pool": pool}
+        for name, values in lat.items():
+            row[f"{name}_p50_ms"] = round(float(np.median(values)), 4)
+            row[f"{name}_p95_ms"] = round(float(np.percentile(values, 95)), 4)
+            row[f"{name}_cpu_p50_ms"] = round(float(np.median(cpu[name])), 4)
+        for name in ("leg", "search"):
+            diff = np.array(lat[name]) - np.array(lat["raw"])
+            row[f"{name}_minus_raw_p50_ms"] = round(float(np.median(diff)), 4)
+            cdiff = np.array(cpu[name]) - np.array(cpu["raw"])
+            row[f"{name}_minus_raw_cpu_p50_ms"] = round(float(np.median(cdiff)), 4)
+            row[f"{name}_same_top{k}"] = same[name]
+        out["settings"].append(row)
+        print(row, flush=True)
+        if args.profile and len(out["settings"]) == 1:
+            prof = cProfile.Profile()
+            prof.enable()
+            for i in range(args.queries):
+                leg(queries[i])
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    s.close()
+    out["load_avg_end"] = os.getloadavg()
+    print(write_results(f"ann_overhead_{n}", out))
+
+
+if __name__ == "__main__":
+    main()
