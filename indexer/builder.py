@@ -43,9 +43,10 @@ from mitsuke.indexer.vectors import VectorStore
 from mitsuke.indexer.writer import IndexSummary, IndexWriter, _Pending, document_row, record_embedding, settle_open
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     from mitsuke.indexer.embedding import Embedder
+    from mitsuke.indexer.pg_builder import PgIndexBuilder
 
 __all__ = ["IndexBuilder", "IndexSummary", "embedding_input", "record_embedding"]
 
@@ -58,6 +59,8 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
     >>> with IndexBuilder.open("idx", model="none") as b:          # doctest: +SKIP
     ...     b.add_paths(["data/"])
     """
+
+    path: Path  # a directory (IndexWriter's path may be a PgLocation)
 
     def __init__(self, path: Path, manifest: Manifest, embedder: Embedder | None, lock: WriterLock, *,
                  batch_docs: int = 64, batch_chunks: int = 512, ann_save_seconds: float = 300.0,
@@ -99,7 +102,8 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         if self.vectors is not None:
             self.vectors.tidy(epoch)
             # Never truncated or extended to agree with SQLite: damaged rows are salvaged (indexer.salvage).
-            self._sums, self.salvage = settle_vectors(self.store, self.vectors, self._embed_chunks)
+            self._sums, self.salvage = settle_vectors(self.store, self.vectors,
+                                                      self._embed_chunks if embedder is not None else None)
             self.vectors.expect(self._sums)
         with self.store.begin() as conn:
             self._known = self.store.document_hashes(conn)
@@ -121,7 +125,7 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         load_model: bool = True,
         recall_target: float | None = None,
         **kwargs: Any,
-    ) -> "IndexBuilder":
+    ) -> IndexBuilder | PgIndexBuilder:
         """Open (or create) the index at ``path`` for writing.
 
         ``model``: a hub id or local directory, ``"none"`` for a lexical-only
@@ -173,6 +177,7 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         saved = self.manifest.ann
         if saved is None:
             return
+        assert self.vectors is not None  # __init__ opens the ANN index only when there are vectors
         with self.store.begin() as conn:
             self.ann, changed = load_ann(self.paths.ann, self.store, conn, self.vectors, saved.params,
                                          saved.generation, self.generation, saved=saved,
@@ -217,7 +222,7 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         return total
 
     # ------------------------------------------------------------------ committing
-    def _commit(self, pending: list[_Pending], delete_doc_ids: list[int] = ()) -> None:
+    def _commit(self, pending: list[_Pending], delete_doc_ids: Sequence[int] = ()) -> None:
         vecs, terms = self._embed_batch(pending)  # before the transaction: the slow part holds no lock
         generation = self.generation + 1
         self._lock.ensure_valid()
@@ -225,6 +230,7 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         with self.store.begin() as conn:
             first_row = self.store.vector_rows(conn)
             if vecs is not None:
+                assert self.vectors is not None  # vectors come only from a model, which gave the index a dim
                 # Step 2 of the write order: vectors are durable before SQLite points at them.
                 self.vectors.append(vecs, first_row)
                 fault_point("vectors_appended")
@@ -269,10 +275,9 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         if self.vectors is not None:
             self._update_ann(np.array([r["id"] for r in chunk_rows], dtype=np.int64), vecs, removed)
 
-    def _embed_chunks(self, chunk_ids) -> np.ndarray | None:
+    def _embed_chunks(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Vectors of stored chunks, embedded again from their stored text (lost vectors)."""
-        if self.embedder is None:
-            return None
+        assert self.embedder is not None  # handed to settle_vectors / reembed_missing only with a model
         with self.store.begin() as conn:
             rows = self.store.chunk_rows(conn, chunk_ids)
         texts = [embedding_input(rows[i].text, rows[i].title, rows[i].headings, self.chunk_config.title_context)

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from mitsuke.indexer.errors import MitsukeError
 
@@ -33,7 +33,7 @@ _SCHEMES = ("postgresql", "postgres")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def is_url(value: str | os.PathLike[str]) -> bool:
+def is_url(value: str | os.PathLike[str] | PgLocation) -> TypeGuard[str | PgLocation]:
     """Whether ``value`` names a database (``scheme://...``) rather than a directory."""
     if isinstance(value, PgLocation):
         return True
@@ -67,7 +67,7 @@ class PgLocation:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
 
 
-def parse_location(value: str | os.PathLike[str]) -> Path | PgLocation:
+def parse_location(value: str | os.PathLike[str] | PgLocation) -> Path | PgLocation:
     """A directory ``Path``, or a ``PgLocation`` for a ``postgresql[+driver]://`` URL.
 
     Any other ``scheme://`` is refused (a directory path never looks like a URL).
@@ -98,7 +98,7 @@ def parse_location(value: str | os.PathLike[str]) -> Path | PgLocation:
     return PgLocation(url.difference_update_query(["schema"]), schema)
 
 
-def display(value: str | os.PathLike[str]) -> str:
+def display(value: str | os.PathLike[str] | PgLocation) -> str:
     """How to print an index location: a directory as given, a URL without its password.
 
     >>> display("postgresql://u:pw@h/db")
@@ -107,9 +107,10 @@ def display(value: str | os.PathLike[str]) -> str:
     if not is_url(value):
         return str(value)
     try:
-        return parse_location(value).display
+        location = parse_location(value)
     except MitsukeError:
         return str(value).split("://", 1)[0] + "://***"
+    return location.display if isinstance(location, PgLocation) else str(location)
 
 
 def default_cache_dir(location: PgLocation) -> Path:

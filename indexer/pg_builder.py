@@ -36,7 +36,7 @@ from mitsuke.indexer.store.postgres import PostgresStore
 from mitsuke.indexer.writer import IndexSummary, IndexWriter, _Pending, document_row, settle_open
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from mitsuke.indexer.embedding import Embedder
 
@@ -69,13 +69,13 @@ class PgIndexBuilder(IndexWriter):
 
     def __init__(self, location: PgLocation, store: PostgresStore, manifest: Manifest, embedder: Embedder | None, *,
                  batch_docs: int = 64, batch_chunks: int = 512, **_ignored: Any) -> None:
-        self.path = location  # type: ignore[assignment]  # messages name the index by its (password-free) URL
+        self.path = location  # messages name the index by its (password-free) URL
         self.location = location
         self.manifest = manifest
         self.embedder = embedder
         self.chunk_config = manifest.chunking
         self.chunker = Chunker(self.chunk_config, embedder.count_tokens if embedder else None)
-        self.store = store  # type: ignore[assignment]
+        self.store = store
         self.dim = manifest.dim
         self.vectors = None
         self.ann = None
@@ -154,7 +154,8 @@ class PgIndexBuilder(IndexWriter):
         return False
 
     # ------------------------------------------------------------------ committing
-    def _commit(self, pending: list[_Pending], delete_doc_ids: Any = (), delete_keys: Any = ()) -> None:
+    def _commit(self, pending: list[_Pending], delete_doc_ids: Sequence[int] = (), delete_keys: Sequence[str] = ()
+                ) -> None:
         vecs, terms = self._embed_batch(pending)  # outside the transaction: the slow part holds no lock
         docs, rows, doc_terms, doc_vecs = [], [], [], []
         at = 0

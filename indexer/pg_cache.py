@@ -185,6 +185,7 @@ def _apply(store: PostgresStore, local: SqliteStore, vectors: VectorStore | None
         if head < have:
             raise MitsukeError(f"cache is at generation {have}, {store.location.display} at {head}: "
                                "the database was restored from an older backup; delete the cache")
+        removed: set[int]
         if have == 0:
             added, removed = store.all_document_ids(snap.conn), set()
         else:
@@ -245,7 +246,8 @@ def _ann_upkeep(store: PostgresStore, local: SqliteStore, vectors: VectorStore, 
     with local.begin() as conn:
         n = local.counts(conn)["chunks"]
         wanted = manifest.ann_params(n)
-        current = manifest.ann.params if manifest.ann else None
+        saved = manifest.ann
+        current = saved.params if saved else None
         grew = (current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq"
                 and (wanted.nlist >= 4 * current.nlist or wanted.nlist * 4 <= current.nlist))
         if current is None or current.kind != wanted.kind or grew or not paths.ann.exists():
@@ -254,11 +256,12 @@ def _ann_upkeep(store: PostgresStore, local: SqliteStore, vectors: VectorStore, 
                 wanted, trained = _shared_trained(store, local, conn, vectors, wanted)
             ann = rebuild_ann(local, conn, vectors, wanted, trained=trained)
         else:
-            newer = sum(1 for _ in local.live_vectors(conn, min_generation=manifest.ann.generation))
-            if manifest.ann.generation == generation or newer < ANN_RESAVE_SHARE * max(n, 1):
+            assert saved is not None  # current (not None here) is saved.params
+            newer = sum(1 for _ in local.live_vectors(conn, min_generation=saved.generation))
+            if saved.generation == generation or newer < ANN_RESAVE_SHARE * max(n, 1):
                 return manifest
-            ann, _ = load_ann(paths.ann, local, conn, vectors, current, manifest.ann.generation, generation,
-                              saved=manifest.ann, index_id=manifest.index_id)
+            ann, _ = load_ann(paths.ann, local, conn, vectors, current, saved.generation, generation,
+                              saved=saved, index_id=manifest.index_id)
         tuning = manifest.ann.tuning if manifest.ann is not None and manifest.ann.params == ann.params else None
         target = manifest.ann_config.recall_target
         if needs_tuning(tuning, ann, target):  # the same measurement on every node: same index, same vectors

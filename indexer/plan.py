@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mitsuke.indexer.documents import Document, LoadFailure
 
 if TYPE_CHECKING:
-    from mitsuke.indexer.builder import IndexBuilder
+    from mitsuke.indexer.writer import IndexWriter
 
 __all__ = ["RunPlan", "plan_run", "indexed_hashes", "embedding_token_counter"]
 
@@ -100,7 +100,7 @@ def plan_run(docs: Iterable[Document | LoadFailure], known: dict[str, tuple[int,
     return plan
 
 
-def embedding_token_counter(builder: IndexBuilder) -> Callable[[Document], int] | None:
+def embedding_token_counter(builder: IndexWriter) -> Callable[[Document], int] | None:
     """Tokens the builder's model will embed for a document (its chunks with their context); None without a model."""
     from mitsuke.indexer.builder import embedding_input
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +27,16 @@ from mitsuke.indexer.durable import fault_point
 from mitsuke.indexer.layout import VECTORS_FILE, AnnState, Counts
 from mitsuke.indexer.recovery import rebuild_ann
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mitsuke.indexer.ann import AnnIndex
+    from mitsuke.indexer.checksums import Block
+    from mitsuke.indexer.durable import WriterLock
+    from mitsuke.indexer.layout import IndexPaths, Manifest
+    from mitsuke.indexer.store import MetadataStore
+    from mitsuke.indexer.vectors import VectorStore
+
 __all__ = ["DirectoryUpkeep"]
 
 log = logging.getLogger("mitsuke")
@@ -35,16 +45,26 @@ log = logging.getLogger("mitsuke")
 class DirectoryUpkeep:
     """The ``IndexBuilder`` methods that keep ``ann.faiss``, ``vectors.f16`` and the manifest up to date.
 
-    A mixin: it uses the builder's ``store``, ``vectors``, ``ann``, ``paths``,
-    ``manifest``, ``generation``, ``_lock`` and ``_sums``.
+    A mixin: it uses the builder's attributes declared below and its ``flush``.
     """
 
-    store: Any
-    vectors: Any
-    ann: Any
-    paths: Any
-    manifest: Any
+    path: Path
+    store: MetadataStore
+    vectors: VectorStore | None
+    ann: AnnIndex | None
+    paths: IndexPaths
+    manifest: Manifest
     generation: int
+    ann_save_seconds: float
+    compact_ratio: float
+    compact_min_rows: int
+    _lock: WriterLock
+    _sums: dict[int, Block]
+    _ann_dirty: bool
+    _last_ann_save: float
+
+    def flush(self) -> None:  # the writer's (IndexWriter.flush, first in the builder's bases)
+        raise NotImplementedError
 
     def rebuild_ann(self) -> None:
         """Rebuild ``ann.faiss`` from the stored vectors and save it (it is derived data)."""
@@ -86,6 +106,8 @@ class DirectoryUpkeep:
 
         See the module docstring for the order of steps and what a kill at each one leaves.
         """
+        vectors = self.vectors
+        assert vectors is not None  # only an index with vectors is compacted (maybe_compact checks)
         with self.store.begin() as conn:
             live = self.store.live_vectors(conn, by_row=True)
             epoch = self.store.vectors_epoch(conn) + 1
@@ -93,42 +115,43 @@ class DirectoryUpkeep:
         ids = np.array([c for c, _ in live], dtype=np.int64)
         old_rows = np.array([r for _, r in live], dtype=np.int64)
         log.info("compacting %s: %d live of %d rows (epoch %d)", VECTORS_FILE, len(live), before, epoch)
-        target = self.vectors.write_compacted(old_rows, epoch)
-        sums = file_blocks(target, self.vectors.row_bytes, len(ids))
+        target = vectors.write_compacted(old_rows, epoch)
+        sums = file_blocks(target, vectors.row_bytes, len(ids))
         fault_point("compact_written")
-        self.vectors.retire(epoch - 1)
+        vectors.retire(epoch - 1)
         self._lock.ensure_valid()
         with self.store.begin() as conn:
             self.store.set_block_checksums(conn, sums, replace_all=True)
-            self.store.renumber_vectors(conn, ids, np.arange(len(ids)))
+            self.store.renumber_vectors(conn, ids.tolist(), range(len(ids)))
             self.store.set_state(conn, "vector_rows", len(ids))
             self.store.set_state(conn, "vectors_epoch", epoch)
             self.store.prune_deleted(conn, self.generation)
             fault_point("compact_before_commit")
         fault_point("compact_committed")
         self._sums = sums
-        self.vectors.install(epoch)
-        self.vectors.expect(self._sums)
-        self.vectors.tidy(epoch)
+        vectors.install(epoch)
+        vectors.expect(self._sums)
+        vectors.tidy(epoch)
         # The ANN index holds ids, not rows, so it is still right; it is rebuilt
         # anyway (reusing its training) so a long-lived index sheds the
         # imbalance that many removals leave in the inverted lists.
         if self.ann is not None:
             with self.store.begin() as conn:
-                self.ann = rebuild_ann(self.store, conn, self.vectors, self.ann.params, trained=self.ann)
+                self.ann = rebuild_ann(self.store, conn, vectors, self.ann.params, trained=self.ann)
             self._save_ann()
 
     # ------------------------------------------------------------------ ANN choice
     def _maybe_switch_ann(self) -> None:
         """Pick (or re-pick) the ANN kind now that the number of vectors is known."""
+        assert self.vectors is not None  # called (by close) only for an index with vectors
         with self.store.begin() as conn:
             n = self.store.counts(conn)["chunks"]
             wanted = self.manifest.ann_params(n)
-            current = self.ann.params if self.ann is not None else None
+            ann = self.ann
             # Re-train IVF-PQ only when the collection grew or shrank 4x past its sizing.
-            grew = current is not None and current.kind == "ivfpq" and wanted.kind == "ivfpq" and (
-                wanted.nlist >= 4 * current.nlist or wanted.nlist * 4 <= current.nlist)
-            if current is None or current.kind != wanted.kind or grew or not self.ann.is_trained:
+            grew = ann is not None and ann.params.kind == "ivfpq" and wanted.kind == "ivfpq" and (
+                wanted.nlist >= 4 * ann.params.nlist or wanted.nlist * 4 <= ann.params.nlist)
+            if ann is None or ann.params.kind != wanted.kind or grew or not ann.is_trained:
                 log.info("building %s ANN index over %d vectors", wanted.kind, n)
                 self.ann = rebuild_ann(self.store, conn, self.vectors, wanted)
                 self._ann_dirty = True
@@ -150,14 +173,15 @@ class DirectoryUpkeep:
 
     def _maybe_tune(self) -> None:
         """Measure recall and choose nprobe / rerank pool when the IVF-PQ index is new or grew 2× (ann_tune)."""
-        state = self.manifest.ann
-        if state is None or not needs_tuning(state.tuning, self.ann, self.manifest.ann_config.recall_target):
+        state, ann = self.manifest.ann, self.ann
+        if state is None or not needs_tuning(state.tuning, ann, self.manifest.ann_config.recall_target):
             return
+        assert ann is not None and self.vectors is not None  # needs_tuning is False without an ANN index
         with self.store.begin() as conn:
             live = self.store.live_vectors(conn)
         ids = np.array([c for c, _ in live], dtype=np.int64)
         rows = np.array([r for _, r in live], dtype=np.int64)
-        tuned = tune_ann(self.ann, self.vectors, ids, rows, target=self.manifest.ann_config.recall_target)
+        tuned = tune_ann(ann, self.vectors, ids, rows, target=self.manifest.ann_config.recall_target)
         if tuned is not None:
             self.manifest = replace(self.manifest, ann=replace(state, tuning=tuned))  # close() writes it next
 

@@ -208,6 +208,7 @@ def repair_index(path: str | Path, *, device: str = "auto", trust_remote_code: b
     except ModelError as exc:
         report.model_error = str(exc)
         builder = IndexBuilder.open(path, embed=embed, load_model=False)
+    assert isinstance(builder, IndexBuilder)  # _refuse_url above: a directory, never a PostgreSQL writer
     with builder:
         s = builder.salvage
         report.lost_chunks, report.reembedded = s.lost_chunks, s.reembedded

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -27,7 +27,11 @@ from mitsuke.indexer.prepared import PreparedDocument, chunk_terms, embedding_in
 from mitsuke.indexer.protocol import check_embedder, model_info
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from mitsuke.indexer.embedding import Embedder
+    from mitsuke.indexer.location import PgLocation
 
 __all__ = ["IndexWriter", "IndexSummary", "embedding_input", "settle_open", "record_embedding"]
 
@@ -72,11 +76,22 @@ class IndexWriter:
     ``_pending_chunks``/``_seen``/``_known`` (key -> (doc id, hash)).
     """
 
-    path: Any
+    path: Path | PgLocation
     embedder: Embedder | None
     dim: int | None
+    manifest: Manifest
+    chunker: Chunker
+    chunk_config: ChunkConfig
+    summary: IndexSummary
+    on_progress: Callable[[str, int], None] | None
+    batch_docs: int
+    batch_chunks: int
+    _pending: list[_Pending]
+    _pending_chunks: int
+    _seen: set[str]
+    _known: dict[str, tuple[int, str]]
 
-    def _commit(self, pending: list[_Pending], delete_doc_ids: Any = ()) -> None:
+    def _commit(self, pending: list[_Pending], delete_doc_ids: Sequence[int] = ()) -> None:
         raise NotImplementedError
 
     def delete(self, keys: Iterable[str]) -> int:
@@ -211,14 +226,18 @@ class IndexWriter:
 
     def _prepared_parts(self, pending: list[_Pending]) -> tuple[np.ndarray | None, list[str]]:
         """Vectors (float32 of the float16 that travelled) and term strings of prepared documents."""
-        terms = [t for p in pending for t in p.doc.terms]
+        # A batch is of one kind: add_documents and add_prepared each flush before they return.
+        docs = [p.doc for p in pending]
+        assert all(isinstance(d, PreparedDocument) for d in docs)
+        prepared = cast("list[PreparedDocument]", docs)
+        terms = [t for d in prepared for t in d.terms]
         if not self.dim or not any(p.chunks for p in pending):
             return None, terms
         parts = []
-        for p in pending:
-            v = p.doc.vectors
+        for p, doc in zip(pending, prepared):
+            v = doc.vectors
             if v is None or v.shape != (len(p.chunks), self.dim):
-                raise MitsukeError(f"document {p.doc.key!r} came back with vectors of shape "
+                raise MitsukeError(f"document {doc.key!r} came back with vectors of shape "
                                    f"{None if v is None else v.shape}, expected ({len(p.chunks)}, {self.dim}): "
                                    "were the workers given this index's model?")
             parts.append(v)

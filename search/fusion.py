@@ -194,7 +194,8 @@ def check_settings(s: FusionSettings) -> FusionSettings:
     if s.rerank is not None and not isinstance(s.rerank, bool):
         raise QueryError(f"rerank must be true or false, got {s.rerank!r}")
     if s.weights is not None:
-        s = replace(s, weights=tuple(check_weights(s.weights)))
+        dense, lexical = check_weights(s.weights)  # two legs: a checked pair
+        s = replace(s, weights=(dense, lexical))
     return s
 
 

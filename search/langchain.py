@@ -16,7 +16,7 @@ from mitsuke.search.extras import require
 from mitsuke.search.searcher import Searcher
 
 if TYPE_CHECKING:
-    from mitsuke.indexer.embedding import Embedder
+    from mitsuke.indexer.protocol import Embedder
 
 _retrievers = require("langchain_core.retrievers", "langchain", "mitsuke.search.langchain")
 _documents = require("langchain_core.documents", "langchain", "mitsuke.search.langchain")

@@ -16,7 +16,7 @@ from mitsuke.search.extras import require
 from mitsuke.search.searcher import Searcher
 
 if TYPE_CHECKING:
-    from mitsuke.indexer.embedding import Embedder
+    from mitsuke.indexer.protocol import Embedder
 
 _retrievers = require("llama_index.core.retrievers", "llamaindex", "mitsuke.search.llamaindex")
 _schema = require("llama_index.core.schema", "llamaindex", "mitsuke.search.llamaindex")

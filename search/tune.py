@@ -252,8 +252,11 @@ def leg_ranks(col: Collected, leg: str, rerank: bool = True) -> np.ndarray:
     return out
 
 
-def metrics_of(ranks: np.ndarray) -> dict[str, float]:
-    """hit@1/5/10, MRR@10 and the objective (their mean) from first relevant ranks (last axis: questions)."""
+def metrics_of(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """hit@1/5/10, MRR@10 and the objective (their mean) from first relevant ranks (last axis: questions).
+
+    One value per setting for 2-D ``ranks``; for 1-D ranks each value is a numpy scalar (``_floats`` them).
+    """
     r = np.asarray(ranks)
     m = {f"hit@{k}": ((r >= 1) & (r <= k)).mean(axis=-1) for k in KS}
     m["mrr@10"] = np.where(r >= 1, 1.0 / np.maximum(r, 1), 0.0).mean(axis=-1)

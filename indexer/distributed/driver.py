@@ -35,7 +35,7 @@ from mitsuke.indexer.loaders import FileInput, FormatOptions, list_inputs
 from mitsuke.indexer.prepared import PreparedDocument
 
 if TYPE_CHECKING:
-    from mitsuke.indexer.builder import IndexBuilder, IndexSummary
+    from mitsuke.indexer.writer import IndexSummary, IndexWriter
 
 __all__ = ["index_with_ray"]
 
@@ -47,7 +47,7 @@ _FORWARDED_ENV = ("MITSUKE_TEST_EMBED_LOG",)
 
 
 def index_with_ray(
-    builder: IndexBuilder,
+    builder: IndexWriter,
     paths: Iterable[str],
     *,
     address: str | None = None,
@@ -106,7 +106,7 @@ def index_with_ray(
     return builder.summary
 
 
-def _pipeline(builder: IndexBuilder, items: list[bytes], *, actors: int | None, encoding: str | None, device: str,
+def _pipeline(builder: IndexWriter, items: list[bytes], *, actors: int | None, encoding: str | None, device: str,
               dtype: str, trust_remote_code: bool, formats: FormatOptions | None, inputs_per_task: int,
               docs_per_batch: int) -> Any:
     import ray
