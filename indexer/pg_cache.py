@@ -47,7 +47,7 @@ from mitsuke.indexer.pg_builder import read_pg_manifest
 from mitsuke.indexer.recovery import load_ann, rebuild_ann, training_sample
 from mitsuke.indexer.salvage import FULL_CHECK_BYTES
 from mitsuke.indexer.store import SqliteStore
-from mitsuke.indexer.store.postgres import PostgresStore
+from mitsuke.indexer.store.postgres import DatabaseError, PostgresStore
 from mitsuke.indexer.vectors import VectorStore
 
 __all__ = ["sync_cache", "SYNC_LOCK", "ANN_RESAVE_SHARE"]
@@ -232,8 +232,13 @@ def _shared_trained(store: PostgresStore, local: SqliteStore, conn: Any, vectors
         log.info("training IVF-PQ (%d cells) once for the index; other nodes reuse it", params.nlist)
         ann.train(vectors.read(training_sample(rows, max(params.train_size, 1))))
         blob = faiss.serialize_index(ann.index).tobytes()
-        with store.begin() as pg:
-            found = store.store_trained_ann(pg, key, params.to_dict(), blob)
+        try:
+            with store.begin() as pg:
+                found = store.store_trained_ann(pg, key, params.to_dict(), blob)
+        except DatabaseError as exc:  # a read-only role (README) cannot share its training
+            log.warning("%s: this node keeps its own IVF-PQ training, so its ANN candidates may differ from "
+                        "other nodes'; open the index once with a role that may write to share one", exc)
+            found = (params.to_dict(), blob)
     stored = AnnParams.from_dict(found[0])
     index = faiss.deserialize_index(np.frombuffer(found[1], dtype=np.uint8))
     index.nprobe = stored.nprobe

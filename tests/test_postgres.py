@@ -341,6 +341,29 @@ def test_least_privilege_role_works_on_its_own_schema_only(pg_server, tmp_path):
         assert "permission denied" in str(err.value)
 
 
+def test_a_read_only_node_first_on_an_ivfpq_index_answers_with_its_own_training(pg_server, tiny_embedder, tmp_path,
+                                                                                 caplog):
+    """The README's SELECT-only role may be the first node to need IVF-PQ: it trains locally and says so."""
+    role = "w_" + uuid.uuid4().hex[:8]
+    reader = role + "_ro"
+    schema = fresh_schema()
+    pg_server.sql(f"CREATE ROLE {role} LOGIN")
+    pg_server.sql(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+    pg_server.sql(f"CREATE ROLE {reader} LOGIN")
+    pg_server.sql(f"GRANT USAGE ON SCHEMA {schema} TO {reader}")
+    pg_server.sql(f"ALTER DEFAULT PRIVILEGES FOR ROLE {role} IN SCHEMA {schema} GRANT SELECT ON TABLES TO {reader}")
+    docs = [{"id": f"d{i:03d}", "text": SENTENCES[i % 8] + f"第{i}話。"} for i in range(260)]
+    with IndexBuilder.open(pg_server.url(user=role, schema=schema), model="tiny", embedder=tiny_embedder,
+                           ann=AnnConfig(kind="ivfpq", nlist=4)) as b:
+        b.add_documents(docs)
+    with caplog.at_level("WARNING", logger="mitsuke"):
+        with Searcher.open(pg_server.url(user=reader, schema=schema), embedder=tiny_embedder,
+                           cache=tmp_path / "ro") as s:
+            assert s.info()["ann"]["kind"] == "ivfpq"
+            assert all(s.search_batch(QUESTIONS[:3], k=5, mode="dense"))
+    assert "keeps its own IVF-PQ training" in caplog.text and "permission denied" in caplog.text
+
+
 def test_dry_run_and_prune_read_the_url_index(pg_server, tmp_path):
     """The plan (--dry-run, the --prune guard) reads the PostgreSQL index, also before its schema exists."""
     url = pg_server.url(schema=fresh_schema())
