@@ -71,6 +71,9 @@ class Precomputed:
     def encode_queries(self, texts):
         return np.stack([self.vectors[t] for t in texts])
 
+    def encode_documents(self, texts):  # part of the Embedder protocol; never called here
+        raise NotImplementedError("the overhead bench only searches")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
