@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mitsuke.indexer.store import ChunkRow, Snapshot
+from mitsuke.indexer.store.schema import frozen_row
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.dense import cosines
 from mitsuke.search.fusion import fuse
@@ -40,7 +41,10 @@ def rank(snap: Snapshot, vectors: VectorStore | None, rowmap: RowMap | None, req
 def make_passages(rows: dict[int, ChunkRow], ranked: Hits, dense: Hits, lexical: Hits,
                   extra_dense: dict[int, float] | None = None, matches: dict[int, str] | None = None
                   ) -> list[Passage]:
-    """One ``Passage`` per ranked chunk that ``rows`` holds (a chunk deleted since the ANN snapshot has none)."""
+    """One ``Passage`` per ranked chunk that ``rows`` holds (a chunk deleted since the ANN snapshot has none).
+
+    Built by ``frozen_row`` (every field named): a search makes k of them.
+    """
     d_rank = {c: (r, s) for r, (c, s) in enumerate(dense, 1)}
     l_rank = {c: (r, s) for r, (c, s) in enumerate(lexical, 1)} if lexical else {}
     extra_dense = extra_dense or {}
@@ -52,12 +56,12 @@ def make_passages(rows: dict[int, ChunkRow], ranked: Hits, dense: Hits, lexical:
             continue
         d = d_rank.get(cid)
         lx = l_rank.get(cid)
-        out.append(Passage(
-            chunk_id=cid, doc_key=row.doc_key, title=row.title, text=row.text, score=float(score),
-            char_start=row.char_start, char_end=row.char_end, headings=row.headings,
-            metadata=row.metadata, chunk_index=row.chunk_index, source=row.source,
-            dense_score=d[1] if d else extra_dense.get(cid), lexical_score=lx[1] if lx else None,
-            dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None, pages=row.pages,
-            lexical_match=matches.get(cid) if lx else None,
-        ))
+        out.append(frozen_row(Passage, {
+            "chunk_id": cid, "doc_key": row.doc_key, "title": row.title, "text": row.text, "score": float(score),
+            "char_start": row.char_start, "char_end": row.char_end, "headings": row.headings,
+            "metadata": row.metadata, "chunk_index": row.chunk_index, "source": row.source,
+            "dense_score": d[1] if d else extra_dense.get(cid), "lexical_score": lx[1] if lx else None,
+            "dense_rank": d[0] if d else None, "lexical_rank": lx[0] if lx else None, "pages": row.pages,
+            "lexical_match": matches.get(cid) if lx else None,
+        }))
     return out

@@ -125,8 +125,10 @@ class RequestCache:
         if args is None:
             return make()
         try:
-            # Typed: True == 1 == 1.0 as keys, but only 1 is a valid k.
-            key = tuple((type(v), tuple((type(x), x) for x in v) if isinstance(v, (list, tuple)) else v) for v in args)
+            # Typed: True == 1 == 1.0 as keys, but only 1 is a valid k (weights: a tuple of (type, value)).
+            key = tuple((type(v), tuple((type(x), x) for x in v) if isinstance(v, (list, tuple)) else v)
+                        for v in args) if any(isinstance(v, (list, tuple)) for v in args) else (
+                args, tuple(map(type, args)))
             found = self.get(key, defaults, tuning)
         except TypeError:  # an unhashable argument: resolving it says what is wrong
             return make()

@@ -307,7 +307,8 @@ class Searcher:
         assert self.vectors is not None  # has_dense
         order = sorted(qvecs)
         n_out = req.k if req.mode == "dense" else req.pool
-        legs = dense_leg(snap, self._ann_for(snap), self.vectors, np.stack([qvecs[i] for i in order]), n_out,
+        qs = qvecs[order[0]][None, :] if len(order) == 1 else np.stack([qvecs[i] for i in order])
+        legs = dense_leg(snap, self._ann_for(snap), self.vectors, qs, n_out,
                          req.pool, req.rerank, req.nprobe, req.flt, self._rowmaps.for_snapshot(snap))
         return dict(zip(order, legs))
 

@@ -151,3 +151,24 @@ def test_threads_share_kept_connections_and_each_sees_whole_commits(stores):
         for t in threads:
             t.join()
     assert not errors
+
+
+def test_rows_and_passages_built_without_init_equal_the_constructed_ones():
+    from dataclasses import fields
+
+    from mitsuke.indexer.store import ChunkRow
+    from mitsuke.search.ranking import make_passages
+    from mitsuke.search.results import Passage
+
+    row = ChunkRow(id=7, doc_id=2, chunk_index=1, char_start=5, char_end=20, text="「東京」ﾀﾜｰ😀", token_count=4,
+                   headings=("第一章",), vector_row=3, doc_key="a/b.txt", title="題", source="/a/b.txt",
+                   source_type="text", metadata={"著者": "某"}, pages=(1, 2))
+    got = make_passages({7: row}, [(7, 0.5), (8, 0.4)], [(7, 0.5)], [(9, 1.0), (7, 2.0)], {}, {7: "trigram"})
+    want = Passage(chunk_id=7, doc_key="a/b.txt", title="題", text="「東京」ﾀﾜｰ😀", score=0.5, char_start=5,
+                   char_end=20, headings=("第一章",), metadata={"著者": "某"}, chunk_index=1, source="/a/b.txt",
+                   dense_score=0.5, lexical_score=2.0, dense_rank=1, lexical_rank=2, pages=(1, 2),
+                   lexical_match="trigram")
+    assert got == [want] and hash(got[0]) == hash(want)
+    assert set(vars(got[0])) == {f.name for f in fields(Passage)}, "every field is set"
+    with pytest.raises(AttributeError):
+        got[0].score = 1.0  # still frozen

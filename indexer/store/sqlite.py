@@ -58,6 +58,14 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _reader_connect(dbapi_conn, _record) -> None:
+    # A reader's connection lives as long as the store (sqlite_read.ReaderConnections): a
+    # larger page cache than SQLite's 2 MB default keeps the chunk and document pages of
+    # recent results. Measured: 10 random passages read in 75 µs instead of 130 µs
+    # (100k passages, 30 MB file, bench/ann_overhead.py). Allocated only as pages are read.
+    dbapi_conn.execute("PRAGMA cache_size=-32768")
+
+
 def _reader_begin(conn: Connection) -> None:
     # Inside a snapshot the DB-API connection is in its read transaction already.
     raw: Any = conn.connection.dbapi_connection
@@ -120,6 +128,7 @@ class SqliteStore(SqlStore):
         # A reader's snapshot begins on the DB-API connection (``sqlite_read``): SQLAlchemy
         # autobeginning inside it must not issue a second BEGIN.
         if readonly:
+            event.listen(engine, "connect", _reader_connect)
             event.listen(engine, "begin", _reader_begin)
         else:
             event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))

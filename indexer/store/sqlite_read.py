@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from mitsuke.indexer.pages import pages_of
-from mitsuke.indexer.store.schema import ChunkRow, batches
+from mitsuke.indexer.store.schema import ChunkRow, batches, frozen_row
 
 __all__ = ["ReaderConnections", "raw_rows", "chunk_rows", "generation_and_epoch"]
 
@@ -88,13 +88,13 @@ def chunk_rows(conn: Connection, ids: Iterable[int], with_pages: bool) -> dict[i
         for r in raw_rows(conn, sql, part):
             meta = _json(r[13])
             starts = _json(r[14])
-            out[int(r[0])] = ChunkRow(
-                id=int(r[0]), doc_id=int(r[1]), chunk_index=r[2], char_start=r[3], char_end=r[4],
-                text=r[5], token_count=r[6], headings=tuple(_json(r[7]) or ()), vector_row=r[8],
-                doc_key=r[9], title=r[10], source=r[11], source_type=r[12],
-                metadata=meta if isinstance(meta, dict) else {},
-                pages=pages_of(tuple(int(s) for s in starts), r[3], r[4]) if starts else None,
-            )
+            out[int(r[0])] = frozen_row(ChunkRow, {
+                "id": int(r[0]), "doc_id": int(r[1]), "chunk_index": r[2], "char_start": r[3], "char_end": r[4],
+                "text": r[5], "token_count": r[6], "headings": tuple(_json(r[7]) or ()), "vector_row": r[8],
+                "doc_key": r[9], "title": r[10], "source": r[11], "source_type": r[12],
+                "metadata": meta if isinstance(meta, dict) else {},
+                "pages": pages_of(tuple(int(s) for s in starts), r[3], r[4]) if starts else None,
+            })
     return out
 
 
