@@ -63,7 +63,7 @@ DEFAULT_RECALL_TARGET = 0.97
 # 200 queries: the mean recall@10 of 2,000 neighbour slots, standard error ~0.004 at 0.97.
 TUNE_QUERIES = 200
 # Rerank pools tried, as multiples of k (pool = k × factor).
-POOL_FACTORS = (3, 5, 10, 20, 30, 50)
+POOL_FACTORS = (3, 5, 7, 10, 15, 20, 30, 50)
 # Relative norm of the noise added to a sampled stored vector (see module docstring).
 PERTURB = 0.3
 # Re-measure when the index holds this many times the vectors it was measured at.

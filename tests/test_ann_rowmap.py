@@ -16,6 +16,7 @@ import pytest
 from mitsuke.indexer import IndexBuilder
 from mitsuke.indexer.config import AnnConfig
 from mitsuke.search import Searcher
+from mitsuke.search.fusion import FusionSettings
 from mitsuke.search.rowmap import RowMap
 
 TOPICS = ["更科蕎麦の歴史", "ｶﾀｶﾅの看板", "「東京『下町』の祭り」", "富士山と湧き水😀", "城下町の和菓子",
@@ -122,7 +123,7 @@ def test_an_older_snapshot_never_uses_a_newer_map(index, tiny_embedder):
             assert reader._rowmaps.for_snapshot(new) is not None
         # The old snapshot still sees the deleted chunks; a map of the newer generation would drop them.
         assert reader._rowmaps.for_snapshot(old) is None
-        hits = reader._dense_legs(old, reader._request(10, "dense", True, 2000, 4, None, None, None),
+        hits = reader._dense_legs(old, reader._request(10, "dense", True, 2000, 4, None, FusionSettings()),
                                   {0: reader._embed([QUESTIONS[0]], [0])[0]})[0]
         assert len(hits) == 10 and all(c in old_rows for c, _ in hits)
     reader.close()

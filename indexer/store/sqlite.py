@@ -175,7 +175,8 @@ class SqliteStore(SqlStore):
     def _prepare(self) -> None:
         with self.engine.connect() as conn:
             # journal_mode cannot change inside a transaction: run it on the raw connection.
-            conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            raw: Any = conn.connection.dbapi_connection
+            raw.execute("PRAGMA journal_mode=WAL")
 
     # ------------------------------------------------------------------ integrity
     def quick_check(self, conn: Connection) -> list[str]:
