@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from mitsuke.search.filters import Filter, compile_where
 from mitsuke.search.fusion import FusionSettings, check_settings, resolve
 
 __all__ = ["Request", "RequestCache", "MODES", "resolve_request", "check_mode", "check_queries", "positive_int",
-           "encodable", "tuning_of"]
+           "encodable", "tuning_of", "weight_pair"]
 
 MODES = ("hybrid", "dense", "lexical")
 
@@ -65,6 +65,11 @@ def tuning_of(manifest: Manifest | None, params: AnnParams | None) -> AnnTuning 
     if tuning is None or params is None:
         return tuning
     return tuning if params.kind == "ivfpq" and tuning.nlist == params.nlist else None
+
+
+def weight_pair(weights: Sequence[float] | None) -> tuple[float, float] | None:
+    """``weights`` as ``FusionSettings`` holds them (its ``check_settings`` rejects any other length)."""
+    return None if weights is None else cast("tuple[float, float]", tuple(weights))
 
 
 def check_queries(queries: Sequence[str]) -> list[str]:

@@ -35,6 +35,7 @@ from mitsuke.search.request import (
     encodable,
     resolve_request,
     tuning_of,
+    weight_pair,
 )
 from mitsuke.search.results import Passage
 from mitsuke.search.rowmap import RowMaps
@@ -62,8 +63,7 @@ class Searcher:
     def __init__(self, path: Path, manifest: Manifest, *, device: str = "auto", embedder: Embedder | None = None,
                  dtype: str = "auto", fusion: str | None = None, weights: Sequence[float] | None = None,
                  trust_remote_code: bool = False, **settings: Any) -> None:
-        given = check_settings(FusionSettings(fusion=fusion, weights=None if weights is None else tuple(weights),
-                                              **settings))
+        given = check_settings(FusionSettings(fusion=fusion, weights=weight_pair(weights), **settings))
         saved = FusionSettings.from_dict(manifest.search_defaults.settings() if manifest.search_defaults else None,
                                          f"{path / MANIFEST_FILE} search_defaults")
         #: The hybrid settings of every search: Searcher.open's arguments, else the
@@ -131,7 +131,7 @@ class Searcher:
         if is_url(path):
             from mitsuke.search.remote import open_remote
 
-            return open_remote(cls, path, cache, refresh_seconds, model=model, embedder=embedder, **options)
+            return open_remote(cls, str(path), cache, refresh_seconds, model=model, embedder=embedder, **options)
         path = Path(path)
         manifest = Manifest.read(path)
         if manifest is None or not IndexPaths(path).meta.exists():
@@ -178,6 +178,7 @@ class Searcher:
             with self._load_lock:
                 if self._embedder is None:
                     m = self.manifest.model
+                    assert m is not None  # has_dense
                     embedder = Embedder.from_pretrained(
                         m.source(), device=self._device, dtype=self._dtype, max_length=m.max_length,
                         revision=m.revision, trust_remote_code=self._trust_remote_code)
@@ -188,6 +189,7 @@ class Searcher:
     def _ann_for(self, snap: Snapshot) -> AnnView:
         """The ANN index, caught up in memory to the snapshot's generation."""
         conn, generation = snap.conn, snap.generation
+        assert self.vectors is not None  # has_dense
         with self._lock:
             if self._ann is None:
                 manifest = Manifest.read(self.path) or self.manifest  # the writer may have saved one since open
@@ -280,7 +282,7 @@ class Searcher:
                         nprobe: int | None, where: dict[str, Any] | None, fusion: str | None,
                         weights: Sequence[float] | None, rrf_k: int | None, norm: str | None) -> Request:
         """``_request`` of these arguments; without a ``where``, resolved once per (arguments, tuning)."""
-        settings = FusionSettings(fusion, None if weights is None else tuple(weights), rrf_k, norm)
+        settings = FusionSettings(fusion, weight_pair(weights), rrf_k, norm)
         return self._requests.get_or_make(
             None if where is not None else (k, mode, rerank, candidates, nprobe, fusion, weights, rrf_k, norm),
             self.defaults, self._tuning, lambda: self._request(k, mode, rerank, candidates, nprobe, where, settings))
