@@ -71,6 +71,52 @@ class Precomputed:
     def encode_queries(self, texts):
         return np.stack([self.vectors[t] for t in texts])
 
+    def encode_documents(self, texts):  # part of the Embedder protocol; never called here
+        raise NotImplementedError("the overhead bench only searches")
+
+
+def stages(s: Searcher, queries: np.ndarray, k: int, nprobe: int, pool: int) -> dict[str, float]:
+    """Median µs of each stage of one ``Searcher.search(mode="dense")``, run as search_batch runs them."""
+    from mitsuke.search.dense import ann_candidates
+    from mitsuke.search.ranking import make_passages
+    from mitsuke.search.request import check_queries
+
+    laps: dict[str, list[int]] = {}
+
+    def lap(name: str, t0: int) -> int:
+        t1 = time.perf_counter_ns()
+        laps.setdefault(name, []).append(t1 - t0)
+        return t1
+
+    for rep in range(2):  # the first pass warms up
+        for i in range(len(queries)):
+            t = t_all = time.perf_counter_ns()
+            qs = check_queries([f"q{i}"])
+            req = s._cached_request(k, "dense", None, pool, nprobe, None, None, None, None, None)
+            t = lap("check + request", t)
+            qvecs = s._embed(qs, [0])
+            t = lap("embedding lookup (excluded by the target)", t)
+            cm = s.store.snapshot()
+            snap = cm.__enter__()
+            s.vectors.bind(snap.vectors_epoch())
+            s.vectors.expect(s._block_sums(snap))
+            ann, rowmap = s._ann_for(snap), s._rowmaps.for_snapshot(snap)
+            t = lap("snapshot open + per-generation state", t)
+            dense = ann_candidates(snap, ann, s.vectors, qvecs[0][None, :], k, pool, True, nprobe, None, rowmap)[0]
+            t = lap("dense leg (ANN + row map + rerank)", t)
+            lexical = s._lexical_leg(snap, req, qs[0])
+            ranked, extra = s._fuse(snap, req, qvecs[0], dense, lexical.ranked)
+            rows = snap.chunk_rows([c for c, _ in ranked[:k]])
+            t = lap("passage rows (SQLite)", t)
+            make_passages(rows, ranked[:k], dense, lexical.ranked, extra, lexical.matches)
+            t = lap("Passage objects", t)
+            cm.__exit__(None, None, None)
+            t = lap("snapshot close", t)
+            laps.setdefault("total", []).append(t - t_all)
+        if rep == 0:
+            laps.clear()
+    return {name: round(float(np.median(v)) / 1000, 1) for name, v in laps.items()}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +125,8 @@ def main() -> None:
     ap.add_argument("--settings", default="32:30,256:500", help="nprobe:pool pairs")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--profile", action="store_true", help="also cProfile the dense leg at the first setting")
+    ap.add_argument("--stages", action="store_true",
+                    help="also time the stages of Searcher.search one by one at the first setting (current code only)")
     args = ap.parse_args()
     import faiss
 
@@ -167,6 +215,9 @@ def main() -> None:
                 leg(queries[i])
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    if args.stages:
+        out["stages_us"] = stages(s, queries, k, *(int(x) for x in args.settings.split(",")[0].split(":")))
+        print(out["stages_us"], flush=True)
     s.close()
     out["load_avg_end"] = os.getloadavg()
     print(write_results(f"ann_overhead_{n}", out))

@@ -160,7 +160,8 @@ def main() -> None:
                 print(f"{kind} nlist {nlist} nprobe {nprobe} pool {pool}: {sweep[-1]}", flush=True)
             r = {"codes": kind, "nlist": nlist, "bytes_per_vector": 64, "train_s": round(train_s, 1),
                  "add_s": round(add_s, 1), "nprobe": chosen[0], "pool": chosen[1], "met": tu and tu.met,
-                 "estimated_recall": tu and tu.recall, "held_out_recall": round(held, 4),
+                 "estimated_recall": tu and tu.recall, "estimated_low": tu and tu.recall_low,
+                 "frontier": tu and tu.frontier, "held_out_recall": round(held, 4),
                  "p50_ms": round(float(np.median(lat)), 3), "p95_ms": round(float(np.percentile(lat, 95)), 3),
                  "tune_s": tu and tu.seconds, "sweep": sweep,
                  "defaults": {"nprobe": base.nprobe, "pool": 100, "recall": round(rec0, 4),

@@ -219,6 +219,17 @@ def gpu_count() -> int:
     return int(get()) if get else 0
 
 
+_IVF_PARAMS: dict[int, object] = {}
+
+
+def _ivf_params(nprobe: int):
+    """``SearchParametersIVF(nprobe=nprobe)``, made once per nprobe: FAISS only reads it, threads share it."""
+    got = _IVF_PARAMS.get(nprobe)
+    if got is None:
+        got = _IVF_PARAMS.setdefault(nprobe, _faiss().SearchParametersIVF(nprobe=nprobe))
+    return got
+
+
 class AnnIndex:
     """A FAISS index keyed by int64 chunk ids."""
 
@@ -226,6 +237,7 @@ class AnnIndex:
         self.index = index  # always the CPU index
         self.params = params
         self._gpu = None  # a GPU clone for searching, dropped whenever the CPU index changes
+        self._cpu_only = False  # no GPU was found for this index (gpu_count() is asked once)
         self._gpu_res = None
         self._gpu_failed = False
 
@@ -346,14 +358,16 @@ class AnnIndex:
         k = min(k, self.ntotal)
         if allowed_ids is not None:
             return self._search_selected(q, k, nprobe, allowed_ids)
-        if self._gpu is None and gpu_count():
-            self._gpu = self._to_gpu(self.index)
+        if self._gpu is None and not self._cpu_only:
+            if gpu_count():
+                self._gpu = self._to_gpu(self.index)
+            else:
+                self._cpu_only = True  # asked once per index, not per search
         index = self._gpu if self._gpu is not None else self.index
         if self.params.kind == "ivfpq":
             # nprobe travels with the call (GPU indexes accept SearchParametersIVF too):
             # setting index.nprobe on an index shared by threads would race.
-            probe = min(int(nprobe or self.params.nprobe), self.params.nlist)
-            return index.search(q, k, params=_faiss().SearchParametersIVF(nprobe=probe))
+            return index.search(q, k, params=_ivf_params(min(int(nprobe or self.params.nprobe), self.params.nlist)))
         return index.search(q, k)
 
     def _search_selected(self, q: np.ndarray, k: int, nprobe: int | None, allowed_ids: np.ndarray

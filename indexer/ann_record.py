@@ -26,6 +26,9 @@ class AnnTuning:
     seconds: float
     note: str = ""
     frontier: list[dict[str, float]] = field(default_factory=list)
+    # One-sided 95% lower confidence bound of ``recall`` (what had to meet the target); None: measured
+    # before the bound was recorded.
+    recall_low: float | None = None
 
     @property
     def candidates(self) -> int:

@@ -80,16 +80,26 @@ class VectorStore:
 
         None (or empty: an index written before checksums) checks nothing.
         """
-        self._local.sums = sums or None
+        sums = sums or None
+        if sums is not getattr(self._local, "sums", None):
+            # Blocks this thread found checked under these sums (a search's reads skip the set lookups).
+            self._local.clear = np.zeros(max(sums) + 1 if sums else 0, bool)
+        self._local.sums = sums
 
     def _check(self, m: np.memmap, rows: np.ndarray, epoch: int | None) -> None:
         sums = getattr(self._local, "sums", None)
         if sums is None:
             return
+        blocks = rows // BLOCK_ROWS
+        clear = self._local.clear
+        if int(blocks.max()) < clear.size and clear[blocks].all():
+            return
         done = self._verified.setdefault(epoch, set())
-        for b in np.unique(rows // BLOCK_ROWS).tolist():
+        for b in np.unique(blocks).tolist():
             want = sums.get(b)
             if want is None or (b, want.rows) in done:
+                if b < clear.size:
+                    clear[b] = True
                 continue
             start = b * BLOCK_ROWS
             if block_crc(m[start:start + want.rows].tobytes()) != want.crc:
@@ -97,6 +107,7 @@ class VectorStore:
                     f"{self.path}: rows {start}-{start + want.rows - 1} do not match their checksum: the vectors "
                     f"file is damaged; run `mitsuke verify --index {self.path.parent}`, then `mitsuke repair`")
             done.add((b, want.rows))
+            clear[b] = True
 
     def damaged_blocks(self, sums: dict[int, Block], committed_rows: int, blocks: list[int] | None = None
                        ) -> list[int]:
@@ -280,5 +291,8 @@ class VectorStore:
     def close(self) -> None:
         """Drop this thread's map (other threads keep theirs until they rebind)."""
         self._set_map(None, 0)
+        clear = getattr(self._local, "clear", None)
+        if clear is not None:  # another epoch or a changed file: check blocks against the set again
+            self._local.clear = np.zeros_like(clear)
         if self.epoch is None:  # the writer's file changes under the same epoch key: check again
             self._verified.pop(None, None)

@@ -4,28 +4,39 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mitsuke.indexer.ann import AnnParams, gpu_count
+from mitsuke.indexer.ann import gpu_count
 from mitsuke.indexer.ann_delta import AnnView
 from mitsuke.indexer.ann_gpu import for_gpu, needs_conversion
 from mitsuke.indexer.ann_tune import AnnTuning
-from mitsuke.indexer.errors import IndexFormatError, QueryError
+from mitsuke.indexer.errors import IndexFormatError
 from mitsuke.indexer.japanese import LEXICAL_ANALYSIS_VERSION
 from mitsuke.indexer.layout import MANIFEST_FILE, META_FILE, IndexPaths, Manifest
 from mitsuke.indexer.location import is_url
 from mitsuke.indexer.recovery import load_ann, rebuild_ann
-from mitsuke.indexer.store import ChunkRow, Snapshot
+from mitsuke.indexer.store import Snapshot
 from mitsuke.indexer.vectors import VectorStore
 from mitsuke.search.context import Context, retrieve_context
-from mitsuke.search.dense import CANDIDATE_FACTOR, cosines, dense_leg
-from mitsuke.search.filters import Filter, compile_where
-from mitsuke.search.fusion import DEFAULT_SETTINGS, FusionSettings, check_settings, fuse, resolve
+from mitsuke.search.dense import CANDIDATE_FACTOR, dense_leg
+from mitsuke.search.fusion import DEFAULT_SETTINGS, FusionSettings, check_settings, resolve
 from mitsuke.search.opening import open_reader_store
+from mitsuke.search.ranking import make_passages, rank
+from mitsuke.search.request import (
+    MODES,
+    Request,
+    RequestCache,
+    check_mode,
+    check_queries,
+    encodable,
+    resolve_request,
+    tuning_of,
+    weight_pair,
+)
 from mitsuke.search.results import Passage
 from mitsuke.search.rowmap import RowMaps
 from mitsuke.search.trigram import LexicalHits, lexical_search
@@ -38,48 +49,7 @@ __all__ = ["Searcher", "MODES", "CANDIDATE_FACTOR"]
 
 log = logging.getLogger("mitsuke")
 
-MODES = ("hybrid", "dense", "lexical")
-
 Hits = list[tuple[int, float]]
-
-
-@dataclass(frozen=True)
-class _Request:
-    """The checked settings of one ``search_batch`` call."""
-
-    mode: str
-    k: int
-    pool: int  # candidates per leg that fusion and the rerank see
-    rerank: bool
-    nprobe: int | None
-    fusion: str
-    weights: tuple[float, ...]
-    rrf_k: int
-    norm: str
-    flt: Filter | None
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise QueryError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _encodable(query: str) -> str:
-    """``query`` with lone surrogates replaced: tokenizers (Rust) reject them outright."""
-    try:
-        query.encode("utf-8")
-        return query
-    except UnicodeEncodeError:
-        return query.encode("utf-8", "replace").decode("utf-8")
-
-
-def _tuning_of(manifest: Manifest | None, params: AnnParams | None) -> AnnTuning | None:
-    """The measured nprobe / pool recorded for the saved ANN index (if ``params`` given: for those parameters)."""
-    tuning = manifest.ann.tuning if manifest is not None and manifest.ann is not None else None
-    if tuning is None or params is None:
-        return tuning
-    return tuning if params.kind == "ivfpq" and tuning.nlist == params.nlist else None
 
 
 class Searcher:
@@ -93,8 +63,7 @@ class Searcher:
     def __init__(self, path: Path, manifest: Manifest, *, device: str = "auto", embedder: Embedder | None = None,
                  dtype: str = "auto", fusion: str | None = None, weights: Sequence[float] | None = None,
                  trust_remote_code: bool = False, **settings: Any) -> None:
-        given = check_settings(FusionSettings(fusion=fusion, weights=None if weights is None else tuple(weights),
-                                              **settings))
+        given = check_settings(FusionSettings(fusion=fusion, weights=weight_pair(weights), **settings))
         saved = FusionSettings.from_dict(manifest.search_defaults.settings() if manifest.search_defaults else None,
                                          f"{path / MANIFEST_FILE} search_defaults")
         #: The hybrid settings of every search: Searcher.open's arguments, else the
@@ -118,12 +87,13 @@ class Searcher:
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # one forward pass at a time per model
         self._ann: AnnView | None = None
-        self._tuning: AnnTuning | None = _tuning_of(manifest, None)
+        self._tuning: AnnTuning | None = tuning_of(manifest, None)
         self._ann_generation = -1
         self._counts: tuple[int, int] | None = None
         self._feed: CacheFeed | None = None  # a PostgreSQL index's cache upkeep (search.remote)
         self._rowmaps = RowMaps()  # chunk id -> vector row per generation, for the exact rerank (no SQL per search)
         self._told_no_trigrams = False
+        self._requests = RequestCache()  # resolved settings of recent argument combinations
         if manifest.lexical_analysis_differs:
             log.warning("%s was indexed with lexical analysis v%s, this version queries with v%s: "
                         "lexical matches may be missed until the index is rebuilt",
@@ -161,7 +131,7 @@ class Searcher:
         if is_url(path):
             from mitsuke.search.remote import open_remote
 
-            return open_remote(cls, path, cache, refresh_seconds, model=model, embedder=embedder, **options)
+            return open_remote(cls, str(path), cache, refresh_seconds, model=model, embedder=embedder, **options)
         path = Path(path)
         manifest = Manifest.read(path)
         if manifest is None or not IndexPaths(path).meta.exists():
@@ -208,6 +178,7 @@ class Searcher:
             with self._load_lock:
                 if self._embedder is None:
                     m = self.manifest.model
+                    assert m is not None  # has_dense
                     embedder = Embedder.from_pretrained(
                         m.source(), device=self._device, dtype=self._dtype, max_length=m.max_length,
                         revision=m.revision, trust_remote_code=self._trust_remote_code)
@@ -218,6 +189,7 @@ class Searcher:
     def _ann_for(self, snap: Snapshot) -> AnnView:
         """The ANN index, caught up in memory to the snapshot's generation."""
         conn, generation = snap.conn, snap.generation
+        assert self.vectors is not None  # has_dense
         with self._lock:
             if self._ann is None:
                 manifest = Manifest.read(self.path) or self.manifest  # the writer may have saved one since open
@@ -233,7 +205,7 @@ class Searcher:
                     log.info("%s has no ANN index yet: building one in memory", self.path)
                     self._ann = AnnView(rebuild_ann(self.store, conn, self.vectors, params))
                 self._ann_generation = generation
-                self._tuning = _tuning_of(manifest, self._ann.params)
+                self._tuning = tuning_of(manifest, self._ann.params)
             elif generation > self._ann_generation:
                 # Other threads may be searching self._ann outside this lock, and FAISS
                 # allows concurrent searches but not a search during add/remove (ids come
@@ -242,7 +214,7 @@ class Searcher:
                 # (indexer.ann_delta): no copy of the whole index per commit.
                 self._ann = self._ann.catch_up(self.store, conn, self.vectors, self._ann_generation)
                 self._ann_generation = generation
-                self._tuning = _tuning_of(Manifest.read(self.path) or self.manifest, self._ann.params)
+                self._tuning = tuning_of(Manifest.read(self.path) or self.manifest, self._ann.params)
             return self._ann
 
     # ------------------------------------------------------------------ search
@@ -282,11 +254,10 @@ class Searcher:
                      weights: Sequence[float] | None = None, rrf_k: int | None = None,
                      norm: str | None = None) -> list[list[Passage]]:
         """``search`` for many queries: embeddings are computed in batches, the ANN searched once."""
-        queries = self._check_queries(queries)
+        queries = check_queries(queries)
         if self._feed is not None:
             self._feed.refresh(force=False)
-        req = self._request(k, mode, rerank, candidates, nprobe, where,
-                            FusionSettings(fusion, None if weights is None else tuple(weights), rrf_k, norm))
+        req = self._cached_request(k, mode, rerank, candidates, nprobe, where, fusion, weights, rrf_k, norm)
         if not queries:
             return []
         live = [i for i, q in enumerate(queries) if q.strip()]
@@ -305,44 +276,21 @@ class Searcher:
         return results
 
     # ------------------------------------------------------------------ validate
-    @staticmethod
-    def _check_queries(queries: Sequence[str]) -> list[str]:
-        if isinstance(queries, str):
-            raise QueryError("search_batch takes a list of queries, got one string: use search(query) instead")
-        out = list(queries)
-        for q in out:
-            if not isinstance(q, str):
-                raise QueryError(f"a query must be a string, got {type(q).__name__}: {q!r:.60}")
-        return out
+    _check_queries = staticmethod(check_queries)
+
+    def _cached_request(self, k: int, mode: str | None, rerank: bool | None, candidates: int | None,
+                        nprobe: int | None, where: dict[str, Any] | None, fusion: str | None,
+                        weights: Sequence[float] | None, rrf_k: int | None, norm: str | None) -> Request:
+        """``_request`` of these arguments; without a ``where``, resolved once per (arguments, tuning)."""
+        settings = FusionSettings(fusion, weight_pair(weights), rrf_k, norm)
+        return self._requests.get_or_make(
+            None if where is not None else (k, mode, rerank, candidates, nprobe, fusion, weights, rrf_k, norm),
+            self.defaults, self._tuning, lambda: self._request(k, mode, rerank, candidates, nprobe, where, settings))
 
     def _request(self, k: int, mode: str | None, rerank: bool | None, candidates: int | None, nprobe: int | None,
-                 where: dict[str, Any] | None, fusion: FusionSettings) -> _Request:
-        mode = self._check_mode(mode)
-        k = _positive_int("k", k)
-        if candidates is not None:
-            candidates = _positive_int("candidates", candidates)
-        # Arguments over Searcher.open's, the index's saved defaults and mitsuke's (search.fusion).
-        st = resolve(check_settings(replace(fusion, candidates=candidates, rerank=rerank)), self.defaults)
-        tuning = self._tuning  # measured at build time (indexer.ann_tune); None: the formula defaults
-        factor = tuning.candidate_factor if tuning is not None else CANDIDATE_FACTOR
-        # A saved/opened candidate depth is the hybrid legs' depth; dense mode keeps k × factor unless told.
-        pool = max(candidates or (st.candidates if mode == "hybrid" else None) or k * factor, k)
-        if nprobe is not None:
-            nprobe = _positive_int("nprobe", nprobe)
-        elif tuning is not None:
-            nprobe = tuning.nprobe
-        return _Request(mode=mode, k=k, pool=pool, rerank=bool(st.rerank), nprobe=nprobe, fusion=str(st.fusion),
-                        weights=tuple(st.weights or (1.0, 1.0)), rrf_k=int(st.rrf_k or 0), norm=str(st.norm),
-                        flt=compile_where(where))
-
-    def _check_mode(self, mode: str | None) -> str:
-        mode = mode or ("hybrid" if self.has_dense else "lexical")
-        if mode not in MODES:
-            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode != "lexical" and not self.has_dense:
-            raise QueryError(f"index {self.path} is lexical-only (built with --model none): mode={mode!r} needs "
-                             "embeddings; use mode='lexical' (--mode lexical) or rebuild the index with a model")
-        return mode
+                 where: dict[str, Any] | None, fusion: FusionSettings) -> Request:
+        return resolve_request(check_mode(mode, self.has_dense, self.path), k, rerank, candidates, nprobe, where,
+                               fusion, self.defaults, self._tuning)
 
     # ------------------------------------------------------------------ legs
     def _embed(self, queries: list[str], live: list[int]) -> dict[int, np.ndarray]:
@@ -351,21 +299,22 @@ class Searcher:
             return {}
         embedder = self.embedder
         with self._encode_lock:
-            vecs = embedder.encode_queries([_encodable(queries[i]) for i in live])
+            vecs = embedder.encode_queries([encodable(queries[i]) for i in live])
         return {i: vecs[j] for j, i in enumerate(live)}
 
-    def _dense_legs(self, snap: Snapshot, req: _Request, qvecs: dict[int, np.ndarray]) -> dict[int, Hits]:
+    def _dense_legs(self, snap: Snapshot, req: Request, qvecs: dict[int, np.ndarray]) -> dict[int, Hits]:
         """Each query's dense hits: k in dense mode, the whole candidate pool for fusion."""
         if not qvecs:
             return {}
         assert self.vectors is not None  # has_dense
         order = sorted(qvecs)
         n_out = req.k if req.mode == "dense" else req.pool
-        legs = dense_leg(snap, self._ann_for(snap), self.vectors, np.stack([qvecs[i] for i in order]), n_out,
+        qs = qvecs[order[0]][None, :] if len(order) == 1 else np.stack([qvecs[i] for i in order])
+        legs = dense_leg(snap, self._ann_for(snap), self.vectors, qs, n_out,
                          req.pool, req.rerank, req.nprobe, req.flt, self._rowmaps.for_snapshot(snap))
         return dict(zip(order, legs))
 
-    def _lexical_leg(self, snap: Snapshot, req: _Request, query: str) -> LexicalHits:
+    def _lexical_leg(self, snap: Snapshot, req: Request, query: str) -> LexicalHits:
         """BM25 over MeCab terms, with substring (trigram) matches where the index has them."""
         if req.mode == "dense":
             return LexicalHits([])
@@ -401,47 +350,17 @@ class Searcher:
         return cached[1]
 
     # ------------------------------------------------------------------ fuse
-    def _fuse(self, snap: Snapshot, req: _Request, qvec: np.ndarray | None, dense: Hits, lexical: Hits
+    def _fuse(self, snap: Snapshot, req: Request, qvec: np.ndarray | None, dense: Hits, lexical: Hits
               ) -> tuple[Hits, dict[int, float]]:
         """The ranking the mode asks for, and the exact cosines of lexical-only hybrid candidates."""
-        if req.mode == "dense":
-            return dense, {}
-        if req.mode == "lexical":
-            return lexical, {}
-        # Lexical-only candidates get their exact cosine too: the score fusions
-        # (convex, weighted) need it, and the Passage reports it.
-        assert qvec is not None and self.vectors is not None
-        have = {c for c, _ in dense}
-        extra = cosines(snap, self.vectors, qvec, [c for c, _ in lexical if c not in have],
-                        self._rowmaps.for_snapshot(snap))
-        dense_all = dense + sorted(extra.items(), key=lambda x: (-x[1], x[0]))
-        return fuse(dense if req.fusion == "rrf" else dense_all, lexical, req.fusion, req.weights,
-                    rrf_k=req.rrf_k, norm=req.norm), extra
+        rowmap = self._rowmaps.for_snapshot(snap) if req.mode == "hybrid" else None
+        return rank(snap, self.vectors, rowmap, req, qvec, dense, lexical)
 
     # ------------------------------------------------------------------ passages
     def _passages(self, snap: Snapshot, ranked: Hits, dense: Hits, lexical: Hits,
                   extra_dense: dict[int, float] | None = None, matches: dict[int, str] | None = None
                   ) -> list[Passage]:
-        rows = snap.chunk_rows([c for c, _ in ranked])
-        d_rank = {c: (r, s) for r, (c, s) in enumerate(dense, 1)}
-        l_rank = {c: (r, s) for r, (c, s) in enumerate(lexical, 1)}
-        extra_dense = extra_dense or {}
-        out = []
-        for cid, score in ranked:
-            row: ChunkRow | None = rows.get(cid)
-            if row is None:  # deleted by a writer after the ANN snapshot
-                continue
-            d = d_rank.get(cid)
-            lx = l_rank.get(cid)
-            out.append(Passage(
-                chunk_id=cid, doc_key=row.doc_key, title=row.title, text=row.text, score=float(score),
-                char_start=row.char_start, char_end=row.char_end, headings=row.headings,
-                metadata=row.metadata, chunk_index=row.chunk_index, source=row.source,
-                dense_score=d[1] if d else extra_dense.get(cid), lexical_score=lx[1] if lx else None,
-                dense_rank=d[0] if d else None, lexical_rank=lx[0] if lx else None, pages=row.pages,
-                lexical_match=(matches or {}).get(cid) if lx else None,
-            ))
-        return out
+        return make_passages(snap.chunk_rows([c for c, _ in ranked]), ranked, dense, lexical, extra_dense, matches)
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict[str, Any]:

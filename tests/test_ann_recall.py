@@ -340,3 +340,55 @@ def test_fastscan_saves_loads_and_converts_to_a_gpu_layout(tmp_path, vectors):
     assert np.array_equal(cent(gpu_ready), cent(ann)), "the IVF centroids are kept: nprobe means the same"
     tuning = m.ann.tuning
     assert held_out_recall(gpu_ready, vectors, tuning.nprobe, tuning.candidates) >= 0.93
+
+
+# --------------------------------------------------------------------------- a robust choice (issue 15, 1M finding)
+
+def test_the_target_is_met_by_the_lower_confidence_bound_not_the_mean(ivfpq, vectors):
+    from mitsuke.indexer.ann_tune import CONFIDENCE_Z, LATENCY_QUERIES, LATENCY_ROUNDS
+
+    rows = np.arange(N)
+    t = tune_ann(ivfpq, vectors, rows + 1, rows, target=0.97)
+    assert t.met and t.recall_low is not None and 0.97 <= t.recall_low <= t.recall
+    for g in t.frontier:  # every timed candidate met the target by its bound, on the full timing sample
+        assert g["low"] >= 0.97 and g["low"] <= g["recall"]
+        assert g["timed"] == LATENCY_QUERIES * LATENCY_ROUNDS
+    assert CONFIDENCE_Z > 1.6
+
+
+def test_mean_and_bound_is_the_normal_lower_bound_of_per_query_recalls():
+    from mitsuke.indexer.ann_tune import mean_and_bound
+
+    per_query = np.array([1.0] * 180 + [0.8] * 10 + [0.6] * 10)
+    mean, low = mean_and_bound(per_query)
+    assert mean == pytest.approx(0.97)
+    assert low == pytest.approx(0.97 - 1.645 * per_query.std(ddof=1) / np.sqrt(200))
+    assert low < 0.97
+    assert mean_and_bound(np.ones(50)) == (1.0, 1.0), "no spread: the bound is the mean"
+
+
+def test_a_mean_a_hair_over_the_target_is_not_enough():
+    from mitsuke.indexer.ann_tune import frontier_of
+
+    # The 1M case: nprobe 1 / pool 100 averaged 0.973 but with a bound under the target; nprobe 2 / pool 50 did not.
+    grid = [{"nprobe": 1, "factor": 5, "recall": 0.955, "low": 0.947},
+            {"nprobe": 1, "factor": 10, "recall": 0.973, "low": 0.966},
+            {"nprobe": 2, "factor": 5, "recall": 0.984, "low": 0.979},
+            {"nprobe": 2, "factor": 10, "recall": 0.990, "low": 0.986}]
+    frontier, met = frontier_of(grid, (5, 10), 0.97)
+    assert met and [(g["nprobe"], g["factor"]) for g in frontier] == [(2, 5), (2, 10)]
+    frontier, met = frontier_of(grid, (5, 10), 0.995)
+    assert not met and [(g["nprobe"], g["factor"]) for g in frontier] == [(2, 10)]
+
+
+def test_the_fastest_median_wins_and_near_ties_go_to_the_higher_recall():
+    from mitsuke.indexer.ann_tune import pick_fastest
+
+    timed = [{"nprobe": 1, "factor": 10, "recall": 0.975, "p50_ms": 1.25},
+             {"nprobe": 2, "factor": 5, "recall": 0.984, "p50_ms": 0.77},
+             {"nprobe": 4, "factor": 5, "recall": 0.986, "p50_ms": 1.18}]
+    assert (pick_fastest(timed)["nprobe"], pick_fastest(timed)["factor"]) == (2, 5)
+    near = [{"nprobe": 1, "factor": 10, "recall": 0.975, "p50_ms": 0.76},
+            {"nprobe": 2, "factor": 5, "recall": 0.984, "p50_ms": 0.77}]
+    assert pick_fastest(near)["nprobe"] == 2, "within 5%: the higher recall"
+    assert pick_fastest(near, tie=0.0)["nprobe"] == 1

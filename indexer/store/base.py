@@ -136,25 +136,29 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
         conn.execute(text("INSERT INTO state (key, value) VALUES (:k, :v) "
                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value"), {"k": key, "v": str(value)})
 
+    def _int_state(self, conn: Connection, key: str) -> int:
+        value = self.get_state(conn, key)
+        return 0 if value is None else int(value)
+
     def generation(self, conn: Connection) -> int:
-        return int(self.get_state(conn, "generation", "0"))
+        return self._int_state(conn, "generation")
 
     def generation_and_epoch(self, conn: Connection) -> tuple[int, int]:
         """(generation, vectors epoch) in one read: what every search's snapshot needs first."""
-        got = dict(conn.execute(_GENERATION_EPOCH).all())
+        got: dict[str, Any] = {str(k): v for k, v in conn.execute(_GENERATION_EPOCH).all()}
         return int(got.get("generation") or 0), int(got.get("vectors_epoch") or 0)
 
     def vector_rows(self, conn: Connection) -> int:
         """Committed rows of ``vectors.f16`` (live or dead)."""
-        return int(self.get_state(conn, "vector_rows", "0"))
+        return self._int_state(conn, "vector_rows")
 
     def vectors_epoch(self, conn: Connection) -> int:
         """How many compactions renumbered ``vectors.f16`` (see indexer.vectors)."""
-        return int(self.get_state(conn, "vectors_epoch", "0"))
+        return self._int_state(conn, "vectors_epoch")
 
     def deleted_floor(self, conn: Connection) -> int:
         """Generation up to which ``deleted_chunks`` was pruned: older ANN indexes cannot be caught up."""
-        return int(self.get_state(conn, "deleted_floor", "0"))
+        return self._int_state(conn, "deleted_floor")
 
     def dead_vector_rows(self, conn: Connection) -> int:
         """Committed rows of ``vectors.f16`` that no chunk refers to any more."""

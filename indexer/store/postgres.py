@@ -148,7 +148,7 @@ class PostgresStore(SqlStore):
 
     # ------------------------------------------------------------------ hooks
     def next_chunk_id(self, conn: Connection) -> int:
-        return int(conn.execute(text("SELECT nextval('chunks_id_seq')")).scalar())
+        return int(conn.execute(text("SELECT nextval('chunks_id_seq')")).scalar_one())
 
     def reserve_chunk_ids(self, conn: Connection, n: int) -> list[int]:
         """``n`` fresh chunk ids from the sequence (never used by another writer, never reused)."""
@@ -236,7 +236,7 @@ class PostgresStore(SqlStore):
         then (the later commit wins whole; one version per key).
         """
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
-        generation = int(conn.execute(text("SELECT coalesce(max(generation), 0) + 1 FROM commits")).scalar())
+        generation = int(conn.execute(text("SELECT coalesce(max(generation), 0) + 1 FROM commits")).scalar_one())
         keys = [d["key"] for d in docs] + list(delete_keys)
         removed_docs: list[int] = []
         removed_chunks: list[int] = []
@@ -263,7 +263,7 @@ class PostgresStore(SqlStore):
                 "INSERT INTO documents (key, content_hash, title, source, source_type, encoding, meta, n_chars, "
                 "generation, page_starts) VALUES (:key, :content_hash, :title, :source, :source_type, :encoding, "
                 "CAST(:meta AS JSON), :n_chars, :generation, CAST(:page_starts AS JSON)) RETURNING id"),
-                values).scalar())
+                values).scalar_one())
             doc_ids[doc["key"]] = doc_id
             for j, row in enumerate(chunk_rows[i]):
                 cid = next(ids)
@@ -288,7 +288,7 @@ class PostgresStore(SqlStore):
     # ------------------------------------------------------------------ catching up
     def head(self, conn: Connection) -> int:
         """The newest committed generation."""
-        return int(conn.execute(text("SELECT coalesce(max(generation), 0) FROM commits")).scalar())
+        return int(conn.execute(text("SELECT coalesce(max(generation), 0) FROM commits")).scalar_one())
 
     def commits_since(self, conn: Connection, generation: int) -> tuple[set[int], set[int]]:
         """(documents added, documents removed) by the commits after ``generation`` (this snapshot's)."""
@@ -327,6 +327,7 @@ class PostgresStore(SqlStore):
         return out
 
     def chunks_since(self, conn: Connection, generation: int) -> int:
-        return int(conn.execute(text("SELECT count(*) FROM chunks WHERE generation > :g"), {"g": generation}).scalar())
+        return int(conn.execute(text("SELECT count(*) FROM chunks WHERE generation > :g"),
+                                {"g": generation}).scalar_one())
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, Strin
 __all__ = [
     "metadata", "documents", "chunks", "deleted_chunks", "state", "vector_blocks", "ChunkRow", "ChunkPiece",
     "DocumentRow", "MAX_BIND_PARAMS",
-    "batches", "Filter", "Condition", "BUILTIN_FIELDS",
+    "batches", "frozen_row", "Filter", "Condition", "BUILTIN_FIELDS",
 ]
 
 metadata = MetaData()
@@ -160,6 +160,20 @@ class Filter:
 
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+def frozen_row(cls: type[R], values: dict[str, Any]) -> R:
+    """An instance of the frozen dataclass ``cls`` with every field given in ``values``, built without its ``__init__``.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``:
+    ~3-10 µs for ChunkRow's or Passage's 15-17 fields, per row of every search.
+    This fills ``__dict__`` directly (~0.5 µs); ``values`` must name every field
+    (tests/test_reader_snapshots.py compares both ways of building).
+    """
+    row = object.__new__(cls)
+    row.__dict__.update(values)
+    return row
 
 
 def batches(items: Sequence[T], size: int = MAX_BIND_PARAMS) -> Iterator[Sequence[T]]:

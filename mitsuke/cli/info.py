@@ -41,7 +41,8 @@ def info(index_dir, cache_dir, as_json):
     tuning = data.get("ann_tuning")
     if tuning:
         verdict = "met" if tuning["met"] else "NOT met"
-        click.echo(f"ann recall  {tuning['recall']:.3f} mean recall@{tuning['k']} vs exact (target "
+        low = f", 95% lower bound {tuning['recall_low']:.3f}" if tuning.get("recall_low") is not None else ""
+        click.echo(f"ann recall  {tuning['recall']:.3f} mean recall@{tuning['k']}{low} vs exact (target "
                    f"{tuning['target']}: {verdict}) at nprobe {tuning['nprobe']}, rerank pool "
                    f"{tuning['k'] * tuning['candidate_factor']}; p50 {tuning['p50_ms']:.2f} ms; measured on "
                    f"{tuning['queries']} queries at {tuning['vectors']:,} vectors")
