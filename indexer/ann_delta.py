@@ -78,7 +78,7 @@ class Segment:
 
         flat = faiss.downcast_index(self.index.index)
         n, d = flat.ntotal, flat.d
-        return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+        return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)  # type: ignore[attr-defined]  # SWIG
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
@@ -89,7 +89,8 @@ class Segment:
         if not keep.any():
             return _empty(len(q))
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(self.ids[keep]))
-        out = self.index.search(q, min(k, int(keep.sum())), params=faiss.SearchParameters(sel=sel))
+        params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]  # SWIG keyword constructor
+        out = self.index.search(q, min(k, int(keep.sum())), params=params)
         del sel
         return out
 
@@ -263,10 +264,13 @@ def _selected_search(ann: AnnIndex, q: np.ndarray, k: int, nprobe: int | None, i
     # Selectors must outlive the search: FAISS keeps only raw pointers to them.
     batch = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
     sel = faiss.IDSelectorNot(batch) if exclude else batch
+    # (FAISS's SWIG classes take their fields as keywords; its stubs do not say so.)
+    params: Any
     if ann.params.kind == "ivfpq":
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=min(int(nprobe or ann.params.nprobe), ann.params.nlist))
+        params = faiss.SearchParametersIVF(sel=sel,  # type: ignore[call-arg]
+                                           nprobe=min(int(nprobe or ann.params.nprobe), ann.params.nlist))
     else:
-        params = faiss.SearchParameters(sel=sel)
+        params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
     scores, found = ann.index.search(q, k, params=params)
     del sel, batch
     return scores, found

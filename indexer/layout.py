@@ -118,11 +118,16 @@ class IndexPaths:
 
 # --------------------------------------------------------------------------- manifest parts
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
 class _HasModel(Protocol):
-    """What the model check needs of an embedder."""
+    """What the model check needs of an embedder (any ``mitsuke.Embedder``)."""
 
     @property
-    def info(self) -> ModelInfo: ...
+    def info(self) -> _Named: ...
 
     @property
     def dim(self) -> int: ...

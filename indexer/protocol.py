@@ -64,7 +64,10 @@ __all__ = ["Embedder", "EmbedderInfo", "EmbedderProtocol", "EmbedderInfoProtocol
 class EmbedderInfo(Protocol):
     """The model description an embedder carries (``Embedder.info`` is a ``ModelInfo``)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The model's name (a hub id, a directory, or your own label)."""
+        ...
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``model`` record (JSON-serialisable)."""

@@ -184,6 +184,7 @@ class Searcher:
                         revision=m.revision, trust_remote_code=self._trust_remote_code)
                     self.manifest.check_dim(embedder)
                     self._embedder = embedder
+        assert self._embedder is not None  # loaded above
         return self._embedder
 
     def _ann_for(self, snap: Snapshot) -> AnnView:

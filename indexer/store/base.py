@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, text
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Alias, Select
+from sqlalchemy.sql.elements import ColumnElement, TextClause
+from sqlalchemy.sql.selectable import NamedFromClause, Select
 
 from mitsuke.indexer.checksums import Block
 from mitsuke.indexer.store.hooks import DialectHooks
@@ -189,7 +189,9 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
         return chunk_ids
 
     def insert_document(self, conn: Connection, row: dict[str, Any]) -> int:
-        return int(conn.execute(documents.insert().values(**row)).inserted_primary_key[0])
+        key = conn.execute(documents.insert().values(**row)).inserted_primary_key
+        assert key is not None  # an INSERT of one row always has it
+        return int(key[0])
 
     def insert_chunks(self, conn: Connection, rows: list[dict[str, Any]], terms: list[str]) -> None:
         """Insert chunk rows (ids from ``next_chunk_id``) with their space-joined lexical terms."""
@@ -322,14 +324,14 @@ class SqlStore(DialectHooks, ListingMixin, PagingMixin, IntegrityMixin):
         return {k: v for k, v in out.items() if k in present}
 
     # ------------------------------------------------------------------ filters
-    def _filter_clause(self, flt: Filter, d: Alias) -> ColumnElement[bool]:
+    def _filter_clause(self, flt: Filter, d: NamedFromClause) -> ColumnElement[bool]:
         """``flt`` as a boolean over the documents alias ``d``: AND of conditions, OR of each one's values."""
         groups = []
         for i, cond in enumerate(flt.conditions):
             groups.append(or_(*(self._condition(d, cond.key, v, f"{i}_{j}") for j, v in enumerate(cond.values))))
         return and_(*groups)
 
-    def _condition(self, d: Alias, key: str, value: Any, tag: str) -> ColumnElement[bool]:
+    def _condition(self, d: NamedFromClause, key: str, value: Any, tag: str) -> ColumnElement[bool] | TextClause:
         if key == "doc_key":
             return self._glob(d.c.key, str(value))
         if key in BUILTIN_FIELDS:

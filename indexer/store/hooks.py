@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Alias
+from sqlalchemy.sql.elements import ColumnElement, TextClause
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from mitsuke.indexer.store.schema import Filter
 
@@ -82,7 +82,8 @@ class DialectHooks:
         """Dialect: ``column`` matches the case-sensitive glob ``pattern`` (``*``, ``?``, ``[...]``)."""
         raise NotImplementedError
 
-    def _metadata_match(self, d: Alias, key: str, value: Any, tag: str) -> ColumnElement[bool]:
+    def _metadata_match(self, d: NamedFromClause, key: str, value: Any, tag: str
+                        ) -> ColumnElement[bool] | TextClause:
         """Dialect: the metadata JSON of ``d`` holds ``value`` at ``key`` (see ``search.filters``).
 
         ``tag`` makes the statement's bound parameter names unique.

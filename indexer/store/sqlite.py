@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, Integer, create_engine, event, func, literal_column, select, text
 from sqlalchemy.sql import column, table
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Alias
+from sqlalchemy.sql.elements import ColumnElement, TextClause
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from mitsuke.indexer.japanese import match_text
 from mitsuke.indexer.store import sqlite_read
@@ -300,7 +300,8 @@ class SqliteStore(SqlStore):
     def _glob(self, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
         return column.op("GLOB")(pattern)
 
-    def _metadata_match(self, d: Alias, key: str, value: Any, tag: str) -> ColumnElement[bool]:
+    def _metadata_match(self, d: NamedFromClause, key: str, value: Any, tag: str
+                        ) -> ColumnElement[bool] | TextClause:
         path_p, value_p = f"mk{tag}", f"mv{tag}"
         params: dict[str, Any] = {path_p: f'$."{key}"'}
         meta = f"{d.name}.meta"
