@@ -97,17 +97,20 @@ class VectorStore:
         done = self._verified.setdefault(epoch, set())
         for b in np.unique(blocks).tolist():
             want = sums.get(b)
-            if want is None or (b, want.rows) in done:
-                if b < clear.size:
-                    clear[b] = True
-                continue
-            start = b * BLOCK_ROWS
-            if block_crc(m[start:start + want.rows].tobytes()) != want.crc:
-                raise DamagedIndexError(
-                    f"{self.path}: rows {start}-{start + want.rows - 1} do not match their checksum: the vectors "
-                    f"file is damaged; run `mitsuke verify --index {self.path.parent}`, then `mitsuke repair`")
-            done.add((b, want.rows))
-            clear[b] = True
+            if want is None:
+                continue  # no checksum (yet): nothing to check, nothing to remember
+            if (b, want.rows) not in done:
+                start = b * BLOCK_ROWS
+                if block_crc(m[start:start + want.rows].tobytes()) != want.crc:
+                    raise DamagedIndexError(
+                        f"{self.path}: rows {start}-{start + want.rows - 1} do not match their checksum: the vectors "
+                        f"file is damaged; run `mitsuke verify --index {self.path.parent}`, then `mitsuke repair`")
+                done.add((b, want.rows))
+            if want.rows == BLOCK_ROWS:  # only a full block is final; a writer's last block still grows
+                if b >= clear.size:  # the sums grew in place (a writer's): widen the mask
+                    clear = np.concatenate([clear, np.zeros(b + 1 - clear.size, bool)])
+                    self._local.clear = clear
+                clear[b] = True
 
     def damaged_blocks(self, sums: dict[int, Block], committed_rows: int, blocks: list[int] | None = None
                        ) -> list[int]:

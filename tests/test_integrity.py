@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -373,3 +374,33 @@ def test_trust_remote_code_reaches_the_searcher(built, monkeypatch):
     monkeypatch.setattr(Embedder, "from_pretrained", classmethod(spy))
     code, out, err = run("search", QUERIES[0], "--index", clean, "--trust-remote-code")
     assert code == 0 and seen["trust"] is True
+
+
+def test_a_writers_growing_checksums_keep_checking_appended_rows(tmp_path):
+    """The writer's checksum dict grows in place as rows are appended: reads past the blocks first seen work,
+    and rows appended to a partial block that was already cleared are still checked (damage is caught)."""
+    from mitsuke.indexer.checksums import BLOCK_ROWS, extend_blocks
+    from mitsuke.indexer.errors import DamagedIndexError
+    from mitsuke.indexer.vectors import VectorStore
+
+    dim = 8
+    store = VectorStore(tmp_path / "vectors.f16", dim)
+    rng = np.random.default_rng(0)
+    sums: dict = {}
+    first = rng.standard_normal((10, dim)).astype(np.float16)
+    store.append(first, 0)
+    sums.update(extend_blocks(sums, 0, first.tobytes(), dim * 2))
+    store.expect(sums)
+    assert np.array_equal(store.read([0, 9]), first[[0, 9]])  # block 0 (partial) checked and cleared
+    more = rng.standard_normal((2 * BLOCK_ROWS, dim)).astype(np.float16)
+    store.append(more, 10)
+    sums.update(extend_blocks(sums, 10, more.tobytes(), dim * 2))  # the same dict, grown in place
+    store.close()
+    assert np.array_equal(store.read([BLOCK_ROWS * 2 + 5]), more[[BLOCK_ROWS * 2 + 5 - 10]])  # a block past the mask
+    # Damage a row appended to block 0 after block 0 was first read: the read must still catch it.
+    with open(store.path, "r+b") as fh:
+        fh.seek(20 * dim * 2)
+        fh.write(b"\xff" * (dim * 2))
+    with pytest.raises(DamagedIndexError, match="checksum"):
+        store.read([20])
+    store.close()
