@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import machine, write_results  # noqa: E402
-
 from mitsuke.indexer import IndexBuilder  # noqa: E402
 from mitsuke.indexer.config import AnnConfig  # noqa: E402
 from mitsuke.search import Searcher  # noqa: E402
