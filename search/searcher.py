@@ -131,7 +131,7 @@ class Searcher:
         if is_url(path):
             from mitsuke.search.remote import open_remote
 
-            return open_remote(cls, str(path), cache, refresh_seconds, model=model, embedder=embedder, **options)
+            return open_remote(cls, path, cache, refresh_seconds, model=model, embedder=embedder, **options)
         path = Path(path)
         manifest = Manifest.read(path)
         if manifest is None or not IndexPaths(path).meta.exists():

@@ -362,7 +362,7 @@ def save_defaults(index_dir: str | Path, settings: FusionSettings, provenance: d
         from mitsuke.indexer.location import parse_location
         from mitsuke.indexer.store.postgres import PostgresStore
 
-        store = PostgresStore(parse_location(str(index_dir)))
+        store = PostgresStore(parse_location(index_dir))
         try:
             with store.begin() as conn:
                 store.update_manifest(conn, "search_defaults", record.to_dict())

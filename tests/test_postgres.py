@@ -122,9 +122,9 @@ def test_tune_save_on_a_url_index_reaches_every_query_node(pair, tiny_embedder, 
 
     chosen = FusionSettings(fusion="convex", weights=(0.35, 0.65), norm="minmax")
     try:
-        saved = save_defaults(url, chosen, {"folds": 5})
+        saved = save_defaults(parse_location(url), chosen, {"folds": 5})  # a parsed location works as the URL
         assert saved["weights"] == [0.35, 0.65]
-        with Searcher.open(url, embedder=tiny_embedder, cache=tmp_path / "node2") as s:
+        with Searcher.open(parse_location(url), embedder=tiny_embedder, cache=tmp_path / "node2") as s:
             assert (s.defaults.fusion, s.defaults.weights, s.defaults.norm) == ("convex", (0.35, 0.65), "minmax")
             assert s.info()["search_defaults"]["weights"] == [0.35, 0.65]
             want = s.search("豊岡市の気候", k=5, fusion="convex", weights=(0.35, 0.65), norm="minmax")
@@ -314,6 +314,9 @@ def test_password_never_in_any_output(pg_server, tmp_path):
     assert "***" in runs[3].stdout and "享保" in runs[1].stdout
     for r in runs[7:]:
         assert len(r.stderr.strip().splitlines()) == 1 and "***" in r.stderr, r.stderr
+    # Python callers may pass the parsed location instead of the URL text.
+    with Searcher.open(parse_location(url), cache=tmp_path / "cache") as s:
+        assert [p.doc_key for p in s.search("享保", mode="lexical")][:1] == ["享保"]
 
 
 def test_least_privilege_role_works_on_its_own_schema_only(pg_server, tmp_path):
