@@ -43,7 +43,7 @@ from mitsuke.indexer.vectors import VectorStore
 from mitsuke.indexer.writer import IndexSummary, IndexWriter, _Pending, document_row, record_embedding, settle_open
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Iterable, Sequence
 
     from mitsuke.indexer.embedding import Embedder
     from mitsuke.indexer.pg_builder import PgIndexBuilder
@@ -75,21 +75,13 @@ class IndexBuilder(IndexWriter, DirectoryUpkeep):
         self.store = MetadataStore(self.paths.meta)
         self.dim = manifest.dim
         self.vectors = VectorStore(self.paths.vectors, self.dim) if self.dim else None
-        self.batch_docs = batch_docs
-        self.batch_chunks = batch_chunks
+        self._start_run(batch_docs, batch_chunks)
         self.ann_save_seconds = ann_save_seconds
         # Compact vectors.f16 when more than this share of its rows is dead (and
         # at least compact_min_rows are): a quarter wasted is where the copy
         # starts paying for itself in disk and page cache.
         self.compact_ratio = compact_ratio
         self.compact_min_rows = compact_min_rows
-        self.summary = IndexSummary()
-        self.on_progress: Callable[[str, int], None] | None = None
-        self._pending: list[_Pending] = []
-        self._pending_chunks = 0
-        self._seen: set[str] = set()
-        self._started = time.monotonic()
-        self._closed = False
         with self.store.begin() as conn:
             self.manifest = adopt_identity(self.store, conn, manifest, self.paths)
             epoch = self.store.vectors_epoch(conn)

@@ -33,10 +33,10 @@ from mitsuke.indexer.layout import Manifest
 from mitsuke.indexer.location import PgLocation, parse_location
 from mitsuke.indexer.salvage import Salvage
 from mitsuke.indexer.store.postgres import PostgresStore
-from mitsuke.indexer.writer import IndexSummary, IndexWriter, _Pending, document_row, settle_open
+from mitsuke.indexer.writer import IndexWriter, _Pending, document_row, settle_open
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from mitsuke.indexer.embedding import Embedder
 
@@ -79,16 +79,8 @@ class PgIndexBuilder(IndexWriter):
         self.dim = manifest.dim
         self.vectors = None
         self.ann = None
-        self.batch_docs = batch_docs
-        self.batch_chunks = batch_chunks
-        self.summary = IndexSummary()
         self.salvage = Salvage()  # nothing to salvage: PostgreSQL keeps the vectors
-        self.on_progress: Callable[[str, int], None] | None = None
-        self._pending: list[_Pending] = []
-        self._pending_chunks = 0
-        self._seen: set[str] = set()
-        self._started = time.monotonic()
-        self._closed = False
+        self._start_run(batch_docs, batch_chunks)
         with store.snapshot() as snap:
             self._known = snap.document_hashes()
             self.generation = snap.generation

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -90,6 +91,20 @@ class IndexWriter:
     _pending_chunks: int
     _seen: set[str]
     _known: dict[str, tuple[int, str]]
+    _started: float
+    _closed: bool
+
+    def _start_run(self, batch_docs: int, batch_chunks: int) -> None:
+        """The run state every writer starts with: batch sizes, summary, pending batch, keys seen, clock."""
+        self.batch_docs = batch_docs
+        self.batch_chunks = batch_chunks
+        self.summary = IndexSummary()
+        self.on_progress = None
+        self._pending = []
+        self._pending_chunks = 0
+        self._seen = set()
+        self._started = time.monotonic()
+        self._closed = False
 
     def _commit(self, pending: list[_Pending], delete_doc_ids: Sequence[int] = ()) -> None:
         raise NotImplementedError
