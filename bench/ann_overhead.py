@@ -41,38 +41,11 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ann_build import Clustered  # noqa: E402
+from bench.ann_recall import Lookup  # noqa: E402
 from bench.common import write_results  # noqa: E402
 from mitsuke.indexer.layout import Manifest  # noqa: E402
 from mitsuke.search import Searcher  # noqa: E402
 from mitsuke.search.dense import dense_leg  # noqa: E402
-
-
-class Precomputed:
-    """An embedder whose query vectors are looked up by text (documents are never embedded here)."""
-
-    name = "synthetic-lookup"
-    device = "cpu"
-    dtype_name = "float32"
-
-    def __init__(self, dim: int, queries: np.ndarray) -> None:
-        self.dim = dim
-        self.vectors = {f"q{i}": v for i, v in enumerate(queries)}
-
-    @property
-    def info(self):
-        from mitsuke.indexer.embedding import ModelInfo
-
-        return ModelInfo(name=self.name, revision=None, dim=self.dim, pooling="none", normalize=True,
-                         max_length=1_000_000)
-
-    def count_tokens(self, texts):
-        return [len(t) for t in texts]
-
-    def encode_queries(self, texts):
-        return np.stack([self.vectors[t] for t in texts])
-
-    def encode_documents(self, texts):  # part of the Embedder protocol; never called here
-        raise NotImplementedError("the overhead bench only searches")
 
 
 def stages(s: Searcher, queries: np.ndarray, k: int, nprobe: int, pool: int) -> dict[str, float]:
@@ -141,7 +114,7 @@ def main() -> None:
     with open(idx / "vectors.f16", "rb") as fh:  # a long-running searcher has the vectors in the page cache
         while fh.read(1 << 24):
             pass
-    emb = Precomputed(dim, queries)
+    emb = Lookup(None, queries)  # queries only: the index exists
     out: dict = {"index": str(idx), "n": n, "dim": dim, "queries": args.queries, "k": k,
                  "ann": manifest.ann.params.to_dict(), "load_avg": os.getloadavg(), "settings": []}
     s = Searcher.open(idx, embedder=emb)

@@ -49,14 +49,17 @@ from mitsuke.search import Searcher  # noqa: E402
 
 
 class Lookup:
-    """``p<i>`` -> row i of the generated vectors, ``q<i>`` -> held-out query i (mitsuke's embedder interface)."""
+    """``p<i>`` -> row i of the generated vectors, ``q<i>`` -> held-out query i (mitsuke's embedder interface).
+
+    Without a ``store`` it only answers queries (a bench that searches an existing index).
+    """
 
     name = "synthetic-lookup"
     device = "cpu"
     dtype_name = "float32"
 
-    def __init__(self, store: VectorStore, queries: np.ndarray) -> None:
-        self.store, self.queries, self.dim = store, queries, store.dim
+    def __init__(self, store: VectorStore | None, queries: np.ndarray) -> None:
+        self.store, self.queries, self.dim = store, queries, int(queries.shape[1])
 
     @property
     def info(self):
@@ -69,6 +72,8 @@ class Lookup:
         return [len(t) for t in texts]
 
     def encode_documents(self, texts, progress=None):
+        if self.store is None:
+            raise NotImplementedError("this lookup only answers queries")
         return self.store.read([int(re.search(r"p(\d+)", t).group(1)) for t in texts])
 
     def encode_queries(self, texts):
